@@ -1,0 +1,1 @@
+"""hookd benchmarks: local receivers, the raw-sender baseline and shared helpers."""

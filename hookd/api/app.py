@@ -1,0 +1,264 @@
+"""The ASGI application: routes, the SPEC §2 conventions that apply to every response, and
+``/openapi.json``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hookd import __version__
+from hookd.api import events, webhooks
+from hookd.api.auth import RateLimiter
+from hookd.api.render import JSONResponse
+from hookd.api.schemas import ErrorOut
+from hookd.api.spec import BODY_MODELS
+from hookd.api.validation import MAX_BODY_BYTES
+from hookd.errors import ApiError, DatabaseUnavailable
+from hookd.settings import DEFAULT_API_VERSION, Settings
+from hookd.store import Store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("hookd.api")
+
+Lifespan = Callable[[FastAPI], Awaitable[None]]
+
+
+class ConventionsMiddleware:
+    """Adds ``Featurebase-Version`` and the rate-limit headers to every response, and holds
+    request bodies to 256 KiB (``413``) whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Featurebase-Version"] = state.get("version", DEFAULT_API_VERSION)
+                for name, value in state.get("rate_headers", {}).items():
+                    headers[name] = value
+            await send(message)
+
+        length = _content_length(scope)
+        if length is not None and length > MAX_BODY_BYTES:
+            error = _too_large()
+            response = JSONResponse(error.body(), status_code=error.status)
+            await response(scope, receive, send_with_headers)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise _too_large()
+            return message
+
+        await self.app(scope, limited_receive, send_with_headers)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413, "body_too_large", f"The request body is over {MAX_BODY_BYTES // 1024} KiB."
+    )
+
+
+def _error_response(request: Request, error: ApiError) -> Response:
+    response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    response.headers["Featurebase-Version"] = getattr(request.state, "version", DEFAULT_API_VERSION)
+    return response
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("database unavailable: %s", exc.detail)
+    return _error_response(request, exc)
+
+
+async def _query_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0]
+    where = [str(p) for p in err.get("loc", ())]
+    param = where[-1] if where else None
+    if param == "cursor":
+        error = ApiError(
+            400, "cursor_invalid", "cursor is too long to be a cursor of this list.", "cursor"
+        )
+    elif param == "limit":
+        error = ApiError(
+            400, "parameter_invalid", "limit must be an integer from 1 to 100.", "limit"
+        )
+    elif param == "status":
+        error = ApiError(
+            400,
+            "parameter_invalid",
+            "status must be one of the statuses this list filters by.",
+            param,
+        )
+    else:
+        error = ApiError(
+            400, "parameter_invalid", f"{param} is invalid: {err.get('msg', '')}.", param
+        )
+    return _error_response(request, error)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        error = ApiError(
+            404, "route_not_found", f"There is no endpoint {request.url.path}; see /openapi.json."
+        )
+    elif exc.status_code == 405:
+        error = ApiError(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.url.path}.",
+            headers=exc.headers,
+        )
+    else:
+        error = ApiError(exc.status_code, "http_error", str(exc.detail))
+    return _error_response(request, error)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(
+        request,
+        ApiError(500, "internal_error", "hookd failed to handle this request; it was logged."),
+    )
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    *,
+    on_startup: Lifespan | None = None,
+    on_shutdown: Lifespan | None = None,
+) -> FastAPI:
+    """The API over ``store``. ``on_startup``/``on_shutdown`` run in the app's lifespan (the
+    delivery worker of ``hookd serve`` hooks in there)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            await on_startup(app)
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown(app)
+
+    app = FastAPI(
+        title="hookd",
+        version=__version__,
+        summary="Featurebase's v2 Webhooks API, self-hosted, with real delivery.",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.router.redirect_slashes = False
+    app.state.settings = settings
+    app.state.store = store
+    app.state.limiter = RateLimiter(settings.rate_limit)
+    app.add_middleware(ConventionsMiddleware)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _query_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _server_error)
+
+    @app.get("/healthz", tags=["Operations"], summary="The process is alive")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get(
+        "/readyz",
+        tags=["Operations"],
+        summary="The database is reachable",
+        responses={503: {"model": ErrorOut, "description": "Database unavailable"}},
+    )
+    async def readyz() -> Response:
+        await store.ping()
+        return JSONResponse({"status": "ready"})
+
+    @app.get(
+        "/metrics",
+        tags=["Operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+    )
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(webhooks.router)
+    app.include_router(events.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+                openapi_version="3.1.0",
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in BODY_MODELS:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            schema["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, sk_..."}
+            }
+            for path, item in schema["paths"].items():
+                if path.startswith("/v2/"):
+                    for operation in item.values():
+                        operation["security"] = [{"bearer": []}]
+                        operation.setdefault("parameters", []).append(
+                            {
+                                "name": "Featurebase-Version",
+                                "in": "header",
+                                "required": False,
+                                "schema": {
+                                    "type": "string",
+                                    "enum": ["2026-01-01.nova", "2025-12-12.clover"],
+                                },
+                            }
+                        )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

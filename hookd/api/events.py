@@ -1,0 +1,113 @@
+"""``POST /v2/events``: publishing an event to every subscribed webhook (SPEC §4)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request
+from starlette.responses import Response
+
+from hookd.api.auth import Principal, authenticate
+from hookd.api.render import JSONResponse
+from hookd.api.schemas import EventIn, EventOut
+from hookd.api.spec import ERRORS, body_spec, check_query
+from hookd.api.validation import check_url, parse_body, read_body
+from hookd.clock import iso_ms
+from hookd.errors import ApiError
+from hookd.metrics import EVENTS
+from hookd.store import EventDraft, Store
+from hookd.topics import is_conversation_topic
+
+__all__ = ["encode_data", "router"]
+
+router = APIRouter(prefix="/v2/events", tags=["Events"])
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}\Z")
+
+
+def encode_data(item: dict[str, Any], changes: list[dict[str, Any]]) -> str:
+    """The envelope's ``data`` object as compact JSON text, stored once and sent as is."""
+    data = {"object": "notification_event_data", "item": item, "changes": changes}
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        pass
+    # orjson refuses integers beyond 64 bits and very deep nesting; the standard library
+    # takes both (within its own recursion limit).
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise ApiError(
+            400, "parameter_invalid", "data is nested too deeply to be sent as JSON.", "data"
+        ) from None
+
+
+def _draft(body: EventIn) -> EventDraft:
+    conversation = is_conversation_topic(body.topic)
+    for field in ("conversationId", "conversationUrl"):
+        if getattr(body, field) is not None and not conversation:
+            raise ApiError(
+                400,
+                "parameter_invalid",
+                f"{field} is only accepted for conversation.* and conversation_part.* topics.",
+                field,
+            )
+    if body.conversationUrl is not None:
+        try:
+            check_url(body.conversationUrl, allow_http=False)
+        except Exception:
+            raise ApiError(
+                400,
+                "url_invalid",
+                "conversationUrl must be an absolute https:// URL.",
+                "conversationUrl",
+            ) from None
+    changes = [change.model_dump() for change in body.data.changes]
+    return EventDraft(
+        body.topic, encode_data(body.data.item, changes), body.conversationId, body.conversationUrl
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        202: {
+            "model": EventOut,
+            "description": "Accepted: stored, and queued to every subscribed webhook",
+        },
+        **ERRORS,
+    },
+    openapi_extra=body_spec(EventIn),
+    summary="Publish an event",
+)
+async def publish(
+    request: Request,
+    principal: Annotated[Principal, Depends(authenticate)],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    check_query(request)
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise ApiError(
+            400,
+            "idempotency_key_invalid",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces.",
+            "Idempotency-Key",
+        )
+    body = parse_body(await read_body(request), EventIn)
+    store: Store = request.app.state.store
+    event_id, topic, created_at, created = await store.publish(
+        principal.organization.id, _draft(body), idempotency_key
+    )
+    if created:
+        EVENTS.inc()
+    response = JSONResponse(
+        {"object": "event", "id": event_id, "topic": topic, "createdAt": iso_ms(created_at)},
+        status_code=202,
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response

@@ -1,0 +1,1 @@
+"""Outgoing webhook delivery: the sender and the address guard it connects through."""

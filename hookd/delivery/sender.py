@@ -1,0 +1,164 @@
+"""Sending one attempt: the signed POST over a shared aiohttp session (SPEC §5).
+
+One session with keep-alive serves every attempt. Redirects are not followed, at most
+4 KiB of a response body is read, and every connection goes through the address guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from hookd import __version__
+from hookd.clock import Clock, system_clock
+from hookd.delivery.envelope import build_body
+from hookd.delivery.guard import AddressGuard, make_connector, refusal_from
+from hookd.signing import signer_for
+from hookd.store.records import ClaimedDelivery
+
+__all__ = ["MAX_RESPONSE_BODY", "USER_AGENT", "AttemptResult", "Sender"]
+
+MAX_RESPONSE_BODY = 4096
+USER_AGENT = f"hookd/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one HTTP attempt came to."""
+
+    attempted_at: int
+    succeeded: bool
+    status_code: int | None  # None when no response arrived
+    message: str  # lastStatus.message: "Success", a reason phrase, or what went wrong
+    response_time_ms: int
+    response_body: bytes | None
+    error: str | None  # set when there was no response
+
+    @property
+    def code(self) -> int:
+        """lastStatus.code: the HTTP status, or 0 when there was no response."""
+        return self.status_code or 0
+
+
+def _reason(status: int, reason: str | None) -> str:
+    if reason:
+        return reason
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _failure_message(exc: BaseException, timeout_ms: int) -> str:
+    refused = refusal_from(exc)
+    if refused is not None:
+        return str(refused)
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return f"Timed out after {timeout_ms} ms"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"Could not resolve host {exc.host}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate error: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return f"TLS error: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"Connection failed: {exc.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "The server closed the connection without answering"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"Invalid URL: {exc}"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"Request failed: {type(exc).__name__}: {exc}".rstrip(": ")
+    return f"Request failed: {type(exc).__name__}"
+
+
+class Sender:
+    """Makes attempts. ``start`` opens the shared session, ``close`` ends it."""
+
+    def __init__(
+        self, guard: AddressGuard, *, max_connections: int = 256, clock: Clock = system_clock
+    ) -> None:
+        self.guard = guard
+        self.max_connections = max_connections
+        self.clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = make_connector(
+            self.guard,
+            limit=self.max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=30,
+            keepalive_timeout=30,
+            enable_cleanup_closed=False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            # hookd sends exactly the headers of SPEC §5 (plus the webhook's own).
+            skip_auto_headers=("Accept", "Accept-Encoding"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, claimed: ClaimedDelivery) -> AttemptResult:
+        """Make the next attempt of ``claimed``; never raises for the receiver's faults."""
+        assert self._session is not None, "sender not started"
+        body = build_body(claimed)
+        timestamp = self.clock() // 1000
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            **dict(claimed.headers),
+            **signer_for(claimed.secret).headers(claimed.event_id, timestamp, body),
+            "X-Webhook-Topic": claimed.topic,
+            "X-Webhook-Attempt": str(claimed.attempt_count + 1),
+        }
+        attempted_at = self.clock()
+        started = time.perf_counter()
+        timeout_ms = claimed.timeout_ms
+        try:
+            async with self._session.post(
+                claimed.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
+            ) as response:
+                kept = await _read_capped(response.content, MAX_RESPONSE_BODY)
+                status = response.status
+                reason = _reason(status, response.reason)
+        except Exception as exc:
+            elapsed = round((time.perf_counter() - started) * 1000)
+            message = _failure_message(exc, timeout_ms)
+            if message.startswith("Timed out"):
+                elapsed = timeout_ms
+            return AttemptResult(attempted_at, False, None, message, elapsed, None, message)
+        elapsed = round((time.perf_counter() - started) * 1000)
+        if 200 <= status < 300:
+            return AttemptResult(attempted_at, True, status, "Success", elapsed, kept, None)
+        if 300 <= status < 400:
+            reason = f"{reason} (redirects are not followed)"
+        return AttemptResult(attempted_at, False, status, reason, elapsed, kept, None)

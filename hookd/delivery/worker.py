@@ -1,0 +1,273 @@
+"""The delivery worker: claims due deliveries in batches, sends them, records outcomes.
+
+One loop owns the database side. Each turn it writes the outcomes that finished since the
+last turn and claims as much new work as there is room for, in one transaction, then
+starts an attempt task per claimed delivery. No transaction is open while a request is in
+flight. The loop sleeps until an attempt finishes, new work is signalled (PostgreSQL
+LISTEN/NOTIFY, or in-process on SQLite), the next delivery falls due, or the poll interval
+passes (the safety net).
+
+Beside it, a maintenance task returns expired leases to the queue and purges rows older
+than the retention, in bounded batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+from hookd.clock import Clock, system_clock
+from hookd.delivery.outcomes import build_settlement
+from hookd.delivery.sender import AttemptResult, Sender
+from hookd.errors import DatabaseUnavailable
+from hookd.logs import get_logger
+from hookd.metrics import ATTEMPT_SECONDS, ATTEMPTS, IN_FLIGHT
+from hookd.store import ClaimedDelivery, ClaimRequest, Store
+
+__all__ = ["Worker", "WorkerConfig"]
+
+log = get_logger("hookd.delivery")
+_stdlog = logging.getLogger("hookd.delivery")
+
+_PURGE_BATCH = 1000
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    retry_schedule: tuple[float, ...] = (60.0, 3600.0, 21600.0)
+    suspend_after: int = 10
+    max_in_flight_per_webhook: int = 10
+    concurrency: int = 256
+    poll_interval: float = 1.0
+    lease_margin_ms: int = 30_000
+    retention_days: int = 30
+    maintenance_interval: float = 5.0
+    purge_interval: float = 60.0
+
+
+class Worker:
+    """Drives deliveries for one process. ``start`` it once, ``stop`` it on shutdown."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        config: WorkerConfig,
+        *,
+        clock: Clock = system_clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.worker_id = os.urandom(6).hex()
+        self._claims = 0
+        self._in_flight: dict[str, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
+        self._done: list[tuple[ClaimedDelivery, AttemptResult]] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # Life cycle.
+
+    async def start(self) -> None:
+        await self.sender.start()
+        self._tasks = [
+            asyncio.create_task(self._run(), name="hookd-dispatch"),
+            asyncio.create_task(self._listen(), name="hookd-listen"),
+            asyncio.create_task(self._maintain(), name="hookd-maintain"),
+        ]
+
+    async def stop(self, grace: float = 35.0) -> None:
+        """Stop claiming, let attempts under way finish (up to ``grace`` seconds), record
+        them, and give back any delivery that could not finish, due at once."""
+        self._stopping = True
+        self._wake.set()
+        dispatcher, helpers = self._tasks[:1], self._tasks[1:]
+        for task in helpers:
+            task.cancel()
+        # The dispatcher ends after its current turn, so nothing it claimed is lost.
+        for task in dispatcher:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._in_flight:
+            await asyncio.wait([task for _c, task in self._in_flight.values()], timeout=grace)
+        unfinished = [claimed for claimed, _task in self._in_flight.values()]
+        for _claimed, task in list(self._in_flight.values()):
+            task.cancel()
+        for task in helpers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            await self._flush()
+            await self.store.release(unfinished)
+        except DatabaseUnavailable:
+            log.warning(
+                "database unavailable at shutdown; leases will expire instead",
+                deliveries=len(unfinished),
+            )
+        await self.sender.close()
+
+    # The dispatch loop.
+
+    def _token(self) -> str:
+        self._claims += 1
+        return f"{self.worker_id}-{self._claims}"
+
+    async def _flush(self) -> None:
+        if self._done:
+            done, self._done = self._done, []
+            settlement = build_settlement(
+                done, self.config.retry_schedule, self.config.suspend_after, self.rng
+            )
+            try:
+                await self.store.cycle(settlement, None)
+            except BaseException:
+                self._done[:0] = done
+                raise
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            self._wake.clear()
+            done, self._done = self._done, []
+            settlement = (
+                build_settlement(
+                    done, self.config.retry_schedule, self.config.suspend_after, self.rng
+                )
+                if done
+                else None
+            )
+            room = self.config.concurrency - len(self._in_flight)
+            claim = (
+                ClaimRequest(
+                    now=self.clock(),
+                    capacity=room,
+                    per_webhook=self.config.max_in_flight_per_webhook,
+                    margin_ms=self.config.lease_margin_ms,
+                    token=self._token(),
+                )
+                if room > 0
+                else None
+            )
+            try:
+                claimed = await self.store.cycle(settlement, claim)
+            except DatabaseUnavailable as exc:
+                # Keep the outcomes; they are written when the database is back.
+                self._done[:0] = done
+                log.warning(
+                    "database unavailable; delivery paused", error=exc.detail, retry_in=backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception:
+                self._done[:0] = done
+                log.exception("delivery loop failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            backoff = 0.1
+            for item in claimed:
+                task = asyncio.create_task(self._attempt(item))
+                self._in_flight[item.id] = (item, task)
+            IN_FLIGHT.set(len(self._in_flight))
+            if claim is not None and len(claimed) == claim.capacity:
+                continue  # more may be waiting
+            if self._done:
+                continue
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        timeout = self.config.poll_interval
+        if not self._in_flight or len(self._in_flight) < self.config.concurrency:
+            with contextlib.suppress(DatabaseUnavailable):
+                due = await self.store.next_due()
+                if due is not None:
+                    timeout = min(timeout, max(0.0, (due - self.clock()) / 1000))
+        if timeout <= 0 and not self._done:
+            # Due now but not claimable (its webhook's slots are full): an outcome will wake us.
+            timeout = self.config.poll_interval if self._in_flight else 0.05
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _listen(self) -> None:
+        while not self._stopping:
+            if await self.store.wait_for_work(60.0):
+                self._wake.set()
+
+    async def _attempt(self, claimed: ClaimedDelivery) -> None:
+        try:
+            result = await self.sender.send(claimed)
+        except asyncio.CancelledError:
+            self._in_flight.pop(claimed.id, None)
+            raise
+        self._in_flight.pop(claimed.id, None)
+        self._done.append((claimed, result))
+        self._wake.set()
+        outcome = "succeeded" if result.succeeded else "failed"
+        ATTEMPTS.labels(outcome).inc()
+        ATTEMPT_SECONDS.observe(result.response_time_ms / 1000)
+        if not result.succeeded:
+            log.info(
+                "attempt failed",
+                webhook=claimed.webhook_id,
+                delivery=claimed.id,
+                attempt=claimed.attempt_count + 1,
+                status=result.code,
+                duration_ms=result.response_time_ms,
+                reason=result.message,
+            )
+        elif _stdlog.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "attempt succeeded",
+                webhook=claimed.webhook_id,
+                delivery=claimed.id,
+                attempt=claimed.attempt_count + 1,
+                status=result.code,
+                duration_ms=result.response_time_ms,
+            )
+
+    # Maintenance.
+
+    async def _maintain(self) -> None:
+        last_purge = 0.0
+        while not self._stopping:
+            try:
+                released = await self.store.release_expired()
+                if released:
+                    log.info("expired leases returned to the queue", deliveries=released)
+                    self._wake.set()
+                if time.monotonic() - last_purge >= self.config.purge_interval:
+                    last_purge = time.monotonic()
+                    await self.purge()
+            except DatabaseUnavailable:
+                pass
+            except Exception:
+                log.exception("maintenance failed")
+            await asyncio.sleep(self.config.maintenance_interval)
+
+    async def purge(self) -> int:
+        """Delete events, deliveries and attempts older than the retention, a batch at a time."""
+        now = self.clock()
+        cutoff = now - self.config.retention_days * _DAY_MS
+        before_id = f"{max(0, cutoff // 1000):08x}" + "0" * 16
+        total = 0
+        while not self._stopping:
+            removed = await self.store.purge(
+                cutoff, before_id, _PURGE_BATCH, now - _DAY_MS, now - 120_000
+            )
+            total += removed
+            if removed < _PURGE_BATCH:
+                break
+            await asyncio.sleep(0.01)  # let deliveries and the API at the database between batches
+        if total:
+            log.info("purged old rows", rows=total, older_than_days=self.config.retention_days)
+        return total

@@ -1,0 +1,124 @@
+"""Running hookd's processes: ``serve`` (API + worker), ``api`` and ``worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+import click
+import uvicorn
+import uvloop
+from fastapi import FastAPI
+
+from hookd.api import create_app
+from hookd.delivery.guard import AddressGuard
+from hookd.delivery.sender import Sender
+from hookd.delivery.worker import Worker, WorkerConfig
+from hookd.errors import HookdError
+from hookd.logs import configure_logging, get_logger
+from hookd.settings import DEFAULT_API_VERSION, Settings
+from hookd.store import Store, open_driver
+from hookd.store.migrate import upgrade_async
+
+__all__ = ["build_worker", "run_server"]
+
+log = get_logger("hookd")
+
+
+def build_worker(settings: Settings, store: Store) -> Worker:
+    sender = Sender(
+        AddressGuard(settings.allowed_networks), max_connections=settings.worker_concurrency
+    )
+    config = WorkerConfig(
+        retry_schedule=settings.retry_schedule,
+        suspend_after=settings.suspend_after,
+        max_in_flight_per_webhook=settings.max_in_flight_per_webhook,
+        concurrency=settings.worker_concurrency,
+        poll_interval=settings.poll_interval,
+        lease_margin_ms=round(settings.lease_margin * 1000),
+        retention_days=settings.retention_days,
+    )
+    return Worker(store, sender, config)
+
+
+def _announce_key(key: str) -> None:
+    click.echo(
+        "\nhookd: created the organization 'default' and this API key for it (shown only once):\n\n"
+        f"    {key}\n\n"
+        "Use it as: curl -H 'Authorization: Bearer <key>' http://HOST:PORT/v2/webhooks\n"
+    )
+    sys.stdout.flush()
+
+
+def _migrate(settings: Settings) -> None:
+    try:
+        uvloop.run(upgrade_async(settings.database_url))
+    except (HookdError, OSError) as exc:
+        where = settings.database_url.split("@")[-1]
+        click.echo(f"hookd: cannot use the database {where}: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) -> None:
+    """Apply migrations, then run the API (with uvicorn) and/or the delivery worker."""
+    configure_logging(settings.log_level, settings.log_format)
+    _migrate(settings)
+    if not api:
+        uvloop.run(_worker_only(settings))
+        return
+    store = Store(open_driver(settings.database_url, pool_size=settings.db_pool_size))
+    engine: Worker | None = None
+
+    async def on_startup(app: FastAPI) -> None:
+        nonlocal engine
+        await store.start()
+        if bootstrap:
+            key = await store.bootstrap(settings.webhook_limit, DEFAULT_API_VERSION)
+            if key is not None:
+                _announce_key(key)
+        if worker:
+            engine = build_worker(settings, store)
+            app.state.worker = engine
+            await engine.start()
+
+    async def on_shutdown(app: FastAPI) -> None:
+        if engine is not None:
+            await engine.stop()
+        await store.close()
+
+    app = create_app(settings, store, on_startup=on_startup, on_shutdown=on_shutdown)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(1)
+
+
+async def _worker_only(settings: Settings) -> None:
+    store = Store(open_driver(settings.database_url, pool_size=settings.db_pool_size))
+    await store.start()
+    engine = build_worker(settings, store)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await engine.start()
+    log.info("worker started", worker=engine.worker_id)
+    await stop.wait()
+    log.info("worker stopping")
+    with contextlib.suppress(Exception):
+        await engine.stop()
+    await store.close()

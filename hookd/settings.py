@@ -1,0 +1,116 @@
+"""Every HOOKD_* setting, typed and validated once at start-up.
+
+An invalid value stops hookd with one line naming the variable (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hookd.errors import SettingsError
+
+__all__ = ["API_VERSIONS", "DEFAULT_API_VERSION", "Settings", "load_settings"]
+
+DEFAULT_API_VERSION = "2026-01-01.nova"
+API_VERSIONS = ("2026-01-01.nova", "2025-12-12.clover")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Settings(BaseSettings):
+    """hookd's configuration, read from the environment (``HOOKD_`` + the field name)."""
+
+    model_config = SettingsConfigDict(env_prefix="HOOKD_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///hookd.db"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = (60.0, 3600.0, 21600.0)
+    suspend_after: int = Field(10, ge=1, le=1_000_000)
+    webhook_limit: int = Field(10, ge=0, le=1_000_000)
+    max_in_flight_per_webhook: int = Field(10, ge=1, le=10_000)
+    allow_http: bool = False
+    allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
+    retention_days: int = Field(30, ge=1, le=36_500)
+    rate_limit: int = Field(2000, ge=0, le=100_000_000)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    # Operational knobs beyond SPEC §7, documented in the README's settings table.
+    worker_concurrency: int = Field(256, ge=1, le=100_000)
+    poll_interval: float = Field(1.0, gt=0, le=3600)
+    lease_margin: float = Field(30.0, ge=0.1, le=86_400)
+    db_pool_size: int = Field(10, ge=1, le=1000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        if value.startswith("sqlite:///") and len(value) == len("sqlite:///"):
+            raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///hookd.db")
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                delays = tuple(float(p) for p in parts)
+            except ValueError:
+                raise ValueError(
+                    "must be comma-separated delays in seconds, e.g. 60,3600,21600"
+                ) from None
+            value = delays
+        for delay in value:
+            if not 0 < float(delay) <= 30 * 86_400:
+                raise ValueError("each delay must be more than 0 and at most 30 days (in seconds)")
+        return value
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            nets = []
+            for part in (p.strip() for p in value.split(",")):
+                if not part:
+                    continue
+                try:
+                    nets.append(ipaddress.ip_network(part, strict=False))
+                except ValueError:
+                    raise ValueError(f"{part!r} is not a CIDR network such as 10.0.0.0/8") from None
+            return tuple(nets)
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    @property
+    def sqlite_path(self) -> str:
+        return self.database_url[len("sqlite:///") :]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment, with ``overrides`` (CLI flags) on top.
+
+    Raises :class:`SettingsError` whose message is one line naming the variable.
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raw = err.get("input")
+        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) else ""
+        raise SettingsError(f"HOOKD_{field.upper()}: {message}{shown}") from None

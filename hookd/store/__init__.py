@@ -1,0 +1,231 @@
+"""hookd's database layer: one interface (:class:`Store`) over SQLite and PostgreSQL.
+
+Operations are written once (``tenants``, ``webhooks``, ``events``, ``deliveries``,
+``queue``) as generators of named SQL statements; a driver per engine runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from hookd.clock import Clock, system_clock
+from hookd.store import deliveries, events, queue, tenants, webhooks
+from hookd.store.events import EventDraft
+from hookd.store.postgres import PostgresDriver
+from hookd.store.queries import Op
+from hookd.store.queue import ClaimRequest, Settlement
+from hookd.store.records import (
+    ApiKey,
+    Attempt,
+    AuthContext,
+    ClaimedDelivery,
+    Delivery,
+    Event,
+    Organization,
+    Webhook,
+)
+from hookd.store.sqlite import SqliteDriver
+
+__all__ = [
+    "ApiKey",
+    "Attempt",
+    "AuthContext",
+    "ClaimRequest",
+    "ClaimedDelivery",
+    "Delivery",
+    "Driver",
+    "Event",
+    "EventDraft",
+    "Organization",
+    "Settlement",
+    "Store",
+    "Webhook",
+    "open_driver",
+]
+
+T = TypeVar("T")
+
+
+class Driver(Protocol):
+    """What the store needs from an engine."""
+
+    dialect: str
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def read(self, op: Op[T]) -> T: ...
+    async def write(self, op: Op[T]) -> T: ...
+    def notify_work(self) -> None: ...
+    async def wait_for_work(self, timeout: float) -> bool: ...
+    async def ping(self) -> None: ...
+
+
+def open_driver(database_url: str, *, pool_size: int = 10) -> Driver:
+    """The driver for ``database_url`` (not yet started)."""
+    if database_url.startswith("sqlite:///"):
+        return SqliteDriver(database_url[len("sqlite:///") :])
+    return PostgresDriver(database_url, pool_size=pool_size)
+
+
+class Store:
+    """Every read and write hookd makes. Times come from ``clock``."""
+
+    def __init__(self, driver: Driver, clock: Clock = system_clock) -> None:
+        self.driver = driver
+        self.clock = clock
+
+    @property
+    def dialect(self) -> str:
+        return self.driver.dialect
+
+    async def start(self) -> None:
+        await self.driver.start()
+
+    async def close(self) -> None:
+        await self.driver.close()
+
+    async def ping(self) -> None:
+        await self.driver.ping()
+
+    # Organizations and API keys.
+
+    async def create_organization(
+        self, name: str, webhook_limit: int, default_version: str
+    ) -> Organization:
+        return await self.driver.write(
+            tenants.create_organization(name, webhook_limit, default_version, self.clock())
+        )
+
+    async def list_organizations(self) -> list[Organization]:
+        return await self.driver.read(tenants.list_organizations())
+
+    async def find_organization(self, ref: str) -> Organization | None:
+        return await self.driver.read(tenants.find_organization(ref))
+
+    async def create_api_key(self, organization_id: str, label: str | None) -> tuple[ApiKey, str]:
+        return await self.driver.write(tenants.create_api_key(organization_id, label, self.clock()))
+
+    async def list_api_keys(self, organization_id: str) -> list[ApiKey]:
+        return await self.driver.read(tenants.list_api_keys(organization_id))
+
+    async def revoke_api_key(self, key_id: str) -> ApiKey | None:
+        return await self.driver.write(tenants.revoke_api_key(key_id, self.clock()))
+
+    async def authenticate(
+        self, key_hash: str, window_start: int | None = None
+    ) -> AuthContext | None:
+        op = tenants.authenticate(key_hash, window_start)
+        # Counting the request writes, and must then run in a transaction.
+        return await (self.driver.read(op) if window_start is None else self.driver.write(op))
+
+    async def bootstrap(self, webhook_limit: int, default_version: str) -> str | None:
+        return await self.driver.write(
+            tenants.bootstrap(webhook_limit, default_version, self.clock())
+        )
+
+    # Webhooks.
+
+    async def create_webhook(self, organization_id: str, **fields: Any) -> Webhook:
+        return await self.driver.write(
+            webhooks.create_webhook(organization_id, now=self.clock(), **fields)
+        )
+
+    async def get_webhook(self, organization_id: str, webhook_id: str) -> Webhook | None:
+        return await self.driver.read(webhooks.get_webhook(organization_id, webhook_id))
+
+    async def list_webhooks(
+        self, organization_id: str, status: str | None, before: str, limit: int
+    ) -> list[Webhook]:
+        return await self.driver.read(
+            webhooks.list_webhooks(organization_id, status, before, limit)
+        )
+
+    async def update_webhook(
+        self, organization_id: str, webhook_id: str, changes: Mapping[str, Any]
+    ) -> Webhook | None:
+        return await self.driver.write(
+            webhooks.update_webhook(organization_id, webhook_id, changes, self.clock())
+        )
+
+    async def delete_webhook(self, organization_id: str, webhook_id: str) -> bool:
+        return await self.driver.write(
+            webhooks.delete_webhook(organization_id, webhook_id, self.clock())
+        )
+
+    async def rotate_secret(
+        self, organization_id: str, webhook_id: str, secret: str
+    ) -> Webhook | None:
+        return await self.driver.write(
+            webhooks.rotate_secret(organization_id, webhook_id, secret, self.clock())
+        )
+
+    # Events.
+
+    async def publish(
+        self, organization_id: str, draft: EventDraft, idempotency_key: str | None
+    ) -> tuple[str, str, int, bool]:
+        return await self.driver.write(
+            events.publish(organization_id, draft, idempotency_key, self.clock())
+        )
+
+    async def create_test_delivery(
+        self, organization_id: str, webhook_id: str, draft: EventDraft
+    ) -> Delivery:
+        return await self.driver.write(
+            events.create_test_delivery(organization_id, webhook_id, draft, self.clock())
+        )
+
+    async def recover(
+        self, organization_id: str, webhook_id: str, topics: list[str], since: int, until: int
+    ) -> int:
+        return await self.driver.write(
+            events.recover(organization_id, webhook_id, topics, since, until, self.clock())
+        )
+
+    # The delivery log.
+
+    async def list_deliveries(
+        self, webhook_id: str, status: str | None, before: str, limit: int
+    ) -> list[Delivery]:
+        return await self.driver.read(deliveries.list_deliveries(webhook_id, status, before, limit))
+
+    async def get_delivery(
+        self, webhook_id: str, delivery_id: str
+    ) -> tuple[Delivery, Event, list[Attempt]] | None:
+        return await self.driver.read(deliveries.get_delivery(webhook_id, delivery_id))
+
+    async def retry_delivery(self, webhook_id: str, delivery_id: str) -> Delivery | None:
+        return await self.driver.write(
+            deliveries.retry_delivery(webhook_id, delivery_id, self.clock())
+        )
+
+    # The queue.
+
+    async def cycle(
+        self, settlement: Settlement | None, claim: ClaimRequest | None
+    ) -> list[ClaimedDelivery]:
+        return await self.driver.write(queue.cycle(self.dialect, settlement, claim))
+
+    async def next_due(self) -> int | None:
+        return await self.driver.read(queue.next_due())
+
+    async def release(self, claimed: Sequence[ClaimedDelivery]) -> None:
+        if claimed:
+            await self.driver.write(queue.release(claimed))
+
+    async def release_expired(self) -> int:
+        return await self.driver.write(queue.release_expired(self.clock()))
+
+    async def purge(
+        self, before_ms: int, before_id: str, batch: int, idempotency_before: int, rate_before: int
+    ) -> int:
+        return await self.driver.write(
+            queue.purge(before_ms, before_id, batch, idempotency_before, rate_before)
+        )
+
+    def notify_work(self) -> None:
+        self.driver.notify_work()
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        return await self.driver.wait_for_work(timeout)

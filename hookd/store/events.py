@@ -1,0 +1,151 @@
+"""Store operations that create deliveries: publishing, test events and recovery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hookd.ids import new_event_id, new_object_id
+from hookd.store.queries import Op, many, notify, one, rows, run
+from hookd.store.records import Delivery, Event, _json_list
+
+__all__ = ["IDEMPOTENCY_TTL_MS", "EventDraft", "create_test_delivery", "publish", "recover"]
+
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+_RECOVER_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A validated event to publish; ``data`` is the envelope's ``data`` as JSON text."""
+
+    topic: str
+    data: str
+    conversation_id: str | None = None
+    conversation_url: str | None = None
+
+
+def _insert_event(
+    organization_id: str, draft: EventDraft, now: int, *, is_test: bool, event_id: str
+) -> Op[Event]:
+    event = Event(
+        event_id,
+        organization_id,
+        draft.topic,
+        draft.data,
+        draft.conversation_id,
+        draft.conversation_url,
+        is_test,
+        now,
+    )
+    yield run(
+        "event_insert",
+        id=event.id,
+        organization_id=organization_id,
+        topic=event.topic,
+        data=event.data,
+        conversation_id=event.conversation_id,
+        conversation_url=event.conversation_url,
+        is_test=is_test,
+        created_at=now,
+    )
+    return event
+
+
+def _delivery_row(
+    webhook_id: str, event_id: str, topic: str, is_test: bool, now: int
+) -> dict[str, Any]:
+    return {
+        "id": new_object_id(now),
+        "webhook_id": webhook_id,
+        "event_id": event_id,
+        "topic": topic,
+        "is_test": is_test,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+def publish(
+    organization_id: str, draft: EventDraft, idempotency_key: str | None, now: int
+) -> Op[tuple[str, str, int, bool]]:
+    """Store an event and one delivery per subscribed active webhook, in one transaction.
+
+    Returns the event's ``(id, topic, created_at, created)``: the new event's, or, when the
+    idempotency key was used in the last 24 hours, the first event's with ``created`` false
+    (and nothing is written).
+    """
+    event_id = new_event_id(now)
+    if idempotency_key is not None:
+        taken = yield run(
+            "idempotency_claim",
+            organization_id=organization_id,
+            key=idempotency_key,
+            event_id=event_id,
+            created_at=now,
+            expired_before=now - IDEMPOTENCY_TTL_MS,
+        )
+        if not taken:
+            first = yield one(
+                "idempotency_get", organization_id=organization_id, key=idempotency_key
+            )
+            if first is not None:
+                return first["id"], first["topic"], first["created_at"], False
+    yield from _insert_event(organization_id, draft, now, is_test=False, event_id=event_id)
+    targets = yield rows("webhooks_active", organization_id=organization_id)
+    batch = [
+        _delivery_row(t["id"], event_id, draft.topic, False, now)
+        for t in targets
+        if draft.topic in _json_list(t["topics"])
+    ]
+    if batch:
+        yield many("delivery_insert", batch)
+        yield notify()
+    return event_id, draft.topic, now, True
+
+
+def create_test_delivery(
+    organization_id: str, webhook_id: str, draft: EventDraft, now: int
+) -> Op[Delivery]:
+    """A synthetic event and its delivery to one webhook, sent whatever the webhook's status."""
+    event = yield from _insert_event(
+        organization_id, draft, now, is_test=True, event_id=new_event_id(now)
+    )
+    row = _delivery_row(webhook_id, event.id, draft.topic, True, now)
+    yield many("delivery_insert", [row])
+    yield notify()
+    created = yield one("delivery_get", id=row["id"], webhook_id=webhook_id)
+    return Delivery.from_row(created)
+
+
+def recover(
+    organization_id: str, webhook_id: str, topics: list[str], since: int, until: int, now: int
+) -> Op[int]:
+    """Queue every event of ``[since, until)`` on ``topics`` with no succeeded or pending
+    delivery to the webhook; returns how many. The webhook row is locked first, so two
+    recoveries of one webhook run one after the other and the second finds nothing new.
+    """
+    yield one("webhook_get_locked", id=webhook_id, organization_id=organization_id)
+    queued = 0
+    while True:
+        found = yield rows(
+            "recover_candidates",
+            organization_id=organization_id,
+            webhook_id=webhook_id,
+            topics=topics,
+            since=since,
+            until=until,
+            limit=_RECOVER_CHUNK,
+        )
+        if not found:
+            break
+        yield many(
+            "delivery_insert",
+            [_delivery_row(webhook_id, r["id"], r["topic"], False, now) for r in found],
+        )
+        queued += len(found)
+        if len(found) < _RECOVER_CHUNK:
+            break
+    if queued:
+        yield notify()
+    return queued

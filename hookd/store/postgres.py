@@ -1,0 +1,186 @@
+"""The PostgreSQL driver: an asyncpg pool, and LISTEN/NOTIFY to wake workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, TypeVar
+
+import asyncpg
+
+from hookd.errors import DatabaseUnavailable
+from hookd.store.queries import Op, Query, Statement, load_queries
+from hookd.store.records import Conflict
+
+__all__ = ["PostgresDriver"]
+
+T = TypeVar("T")
+log = logging.getLogger("hookd.store")
+
+CHANNEL = "hookd_work"
+
+# Errors that mean "the database is not there right now", as opposed to a bug in hookd.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ReadOnlySQLTransactionError,
+)
+
+
+def _args(query: Query, params: Any) -> list[Any]:
+    return [params[name] for name in query.param_order]
+
+
+class _Session:
+    def __init__(self, conn: asyncpg.Connection, queries: dict[str, Query]) -> None:
+        self.conn = conn
+        self.queries = queries
+
+    async def execute(self, st: Statement) -> Any:
+        if st.mode == "notify":
+            return await self.conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
+        query = self.queries[st.name]
+        sql = query.positional_sql
+        if st.mode == "many":
+            if st.batch:
+                await self.conn.executemany(sql, [_args(query, p) for p in st.batch])
+            return None
+        args = _args(query, st.params)
+        if st.mode == "rows":
+            return await self.conn.fetch(sql, *args)
+        if st.mode == "one":
+            return await self.conn.fetchrow(sql, *args)
+        if st.mode == "value":
+            return await self.conn.fetchval(sql, *args)
+        status = await self.conn.execute(sql, *args)
+        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+
+    async def drive(self, op: Op[T]) -> T:
+        try:
+            statement = next(op)
+            while True:
+                try:
+                    result = await self.execute(statement)
+                except asyncpg.IntegrityConstraintViolationError as exc:
+                    statement = op.throw(Conflict(str(exc)))
+                    continue
+                statement = op.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
+class PostgresDriver:
+    """Runs store operations on PostgreSQL through a connection pool."""
+
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self._queries = load_queries("postgresql")
+        self._pool: asyncpg.Pool | None = None
+        self._work = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                max_inactive_connection_lifetime=300,
+                command_timeout=60,
+            )
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+
+    async def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listen_task
+            self._listen_task = None
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 10)
+            self._pool = None
+
+    async def _run(self, op: Op[T], *, transaction: bool) -> T:
+        assert self._pool is not None, "driver not started"
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                session = _Session(conn, self._queries)
+                if not transaction:
+                    return await session.drive(op)
+                async with conn.transaction():
+                    return await session.drive(op)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+
+    async def read(self, op: Op[T]) -> T:
+        """Run a read-only operation (single statements need no transaction)."""
+        return await self._run(op, transaction=False)
+
+    async def write(self, op: Op[T]) -> T:
+        """Run an operation in one transaction; returns after it is committed."""
+        return await self._run(op, transaction=True)
+
+    def notify_work(self) -> None:
+        self._work.set()
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait for a NOTIFY (or a local signal) or ``timeout`` seconds; True if signalled."""
+        if self._listen_task is None:
+            self._listen_task = asyncio.create_task(self._listen_forever())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout)
+        signalled = self._work.is_set()
+        self._work.clear()
+        return signalled
+
+    async def _listen_forever(self) -> None:
+        # A dedicated connection: LISTEN must outlive any one pooled transaction.
+        while True:
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self._listener = conn
+                # Anything published while we were not listening is found by this wake-up.
+                self._work.set()
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection failed (%s); retrying", type(exc).__name__)
+            finally:
+                if self._listener is not None:
+                    with contextlib.suppress(Exception):
+                        await self._listener.close()
+                    self._listener = None
+            await asyncio.sleep(1.0)
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._work.set()
+
+    async def ping(self) -> None:
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                await conn.fetchval("SELECT 1")
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(str(exc)) from exc

@@ -1,0 +1,126 @@
+"""Named SQL: loading the ``.sql`` files and the statements that store operations yield.
+
+A store operation is a generator that yields :class:`Statement` objects and receives each
+one's result; an engine's driver runs it. The logic of an operation is written once, and
+only the SQL text (chosen by name, per engine) differs between SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+__all__ = [
+    "Op",
+    "Query",
+    "Statement",
+    "load_queries",
+    "many",
+    "notify",
+    "one",
+    "rows",
+    "run",
+    "value",
+]
+
+T = TypeVar("T")
+
+Mode = Literal["rows", "one", "value", "run", "many", "notify"]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement to run: a query name, its parameters, and what to return.
+
+    ``rows`` → a list of rows, ``one`` → a row or ``None``, ``value`` → the first column of
+    the first row or ``None``, ``run`` → the number of rows changed, ``many`` → runs the
+    statement once per parameter mapping in ``batch`` and returns ``None``; ``notify`` wakes
+    the workers once the transaction commits (PostgreSQL ``NOTIFY``, an in-process signal on
+    SQLite).
+    """
+
+    name: str
+    mode: Mode
+    params: Mapping[str, Any]
+    batch: Sequence[Mapping[str, Any]] = ()
+
+
+Op = Generator[Statement, Any, T]
+"""A store operation: yields statements, receives their results, returns its answer."""
+
+
+def rows(name: str, /, **params: Any) -> Statement:
+    return Statement(name, "rows", params)
+
+
+def one(name: str, /, **params: Any) -> Statement:
+    return Statement(name, "one", params)
+
+
+def value(name: str, /, **params: Any) -> Statement:
+    return Statement(name, "value", params)
+
+
+def run(name: str, /, **params: Any) -> Statement:
+    return Statement(name, "run", params)
+
+
+def many(name: str, batch: Sequence[Mapping[str, Any]]) -> Statement:
+    return Statement(name, "many", {}, batch)
+
+
+def notify() -> Statement:
+    return Statement("notify_work", "notify", {})
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A named query in both forms: ``:name`` parameters, and ``$n`` with their order."""
+
+    name: str
+    sql: str
+    positional_sql: str
+    param_order: tuple[str, ...]
+
+
+_SQL_DIR = Path(__file__).with_name("sql")
+_NAME = re.compile(r"^-- name: ([a-z_0-9]+)\s*$", re.M)
+# ``:name`` but not PostgreSQL's ``::type`` casts.
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def _parse(text: str) -> dict[str, str]:
+    parts = _NAME.split(text)
+    found: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+        sql = "\n".join(lines).strip().rstrip(";").strip()
+        if name in found:
+            raise ValueError(f"query {name!r} is defined twice in one file")
+        found[name] = sql
+    return found
+
+
+def _positional(name: str, sql: str) -> Query:
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        param = match.group(1)
+        if param not in order:
+            order.append(param)
+        return f"${order.index(param) + 1}"
+
+    return Query(name, sql, _PARAM.sub(number, sql), tuple(order))
+
+
+@functools.cache
+def load_queries(dialect: Literal["sqlite", "postgresql"]) -> dict[str, Query]:
+    """Every named query for ``dialect``: the shared file, then the engine's own on top."""
+    engine_file = "sqlite.sql" if dialect == "sqlite" else "postgres.sql"
+    merged = _parse((_SQL_DIR / "common.sql").read_text())
+    merged.update(_parse((_SQL_DIR / engine_file).read_text()))
+    return {name: _positional(name, sql) for name, sql in merged.items()}

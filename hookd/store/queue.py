@@ -1,0 +1,148 @@
+"""Store operations of the delivery queue: claim, settle, release, purge.
+
+Deliveries are rows. A waiting delivery has ``status = 'pending'`` and a due time
+``next_attempt_at``. A claim leases it to one worker (``lease_until``, ``lease_token``) for
+longer than the webhook's timeout; settling the attempt's outcome ends the lease. If the
+worker dies, the lease runs out and :func:`release_expired` puts the delivery back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hookd.store.queries import Op, many, rows, run, value
+from hookd.store.records import ClaimedDelivery
+
+__all__ = ["ClaimRequest", "Settlement", "cycle", "next_due", "purge", "release", "release_expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Lease at most ``capacity`` due deliveries, at most ``per_webhook`` in flight per webhook
+    across all workers, for the webhook's timeout plus ``margin_ms``."""
+
+    now: int
+    capacity: int
+    per_webhook: int
+    margin_ms: int
+    token: str
+
+
+@dataclass(slots=True)
+class Settlement:
+    """The outcome of a batch of attempts, as rows for the ``outcome_*`` queries."""
+
+    attempts: list[Mapping[str, Any]] = field(default_factory=list)
+    deliveries: list[Mapping[str, Any]] = field(default_factory=list)
+    webhooks: list[Mapping[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.attempts)
+
+
+def settle(settlement: Settlement) -> Op[None]:
+    yield many("outcome_attempt", settlement.attempts)
+    yield many("outcome_delivery", settlement.deliveries)
+    # Webhook rows in id order, so concurrent workers lock them in the same order.
+    yield many("outcome_webhook", sorted(settlement.webhooks, key=lambda r: str(r["id"])))
+
+
+def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
+    yield value("claim_lock")
+    params = {"now": req.now, "margin": req.margin_ms, "token": req.token}
+    found = list((yield rows("claim", capacity=req.capacity, cap=req.per_webhook, **params)))
+    if len(found) < req.capacity:
+        found += yield rows("claim_tests", capacity=req.capacity - len(found), **params)
+    return found
+
+
+def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
+    # The same plan as PostgreSQL's single statement, step by step: SQLite has no LATERAL,
+    # and its one writer makes the steps atomic.
+    inflight = {r["webhook_id"]: r["n"] for r in (yield rows("queue_inflight"))}
+    heads = sorted(
+        (h for h in (yield rows("queue_heads")) if h["head"] is not None and h["head"] <= req.now),
+        key=lambda h: h["head"],
+    )
+    ids: list[str] = []
+    for head in heads:
+        free = min(req.per_webhook - inflight.get(head["webhook_id"], 0), req.capacity - len(ids))
+        if free <= 0:
+            continue
+        taken = yield rows(
+            "queue_take",
+            webhook_id=head["webhook_id"],
+            now=req.now,
+            n=free,
+            lease_until=req.now + head["timeout_ms"] + req.margin_ms,
+            token=req.token,
+        )
+        ids += [r["id"] for r in taken]
+        if len(ids) >= req.capacity:
+            break
+    if len(ids) < req.capacity:
+        tests = yield rows("queue_take_tests", now=req.now, n=req.capacity - len(ids))
+        if tests:
+            leases = [
+                {
+                    "id": t["id"],
+                    "lease_until": req.now + t["timeout_ms"] + req.margin_ms,
+                    "token": req.token,
+                }
+                for t in tests
+            ]
+            yield many("queue_lease", leases)
+            ids += [t["id"] for t in tests]
+    if not ids:
+        return []
+    return list((yield rows("claim_details", ids=ids)))
+
+
+def cycle(
+    dialect: str, settlement: Settlement | None, claim: ClaimRequest | None
+) -> Op[list[ClaimedDelivery]]:
+    """Record finished attempts, then lease new work, in one transaction."""
+    if settlement:
+        yield from settle(settlement)
+    if claim is None or claim.capacity <= 0:
+        return []
+    found = yield from (_claim_postgres(claim) if dialect == "postgresql" else _claim_sqlite(claim))
+    return [ClaimedDelivery.from_row(r, claim.token) for r in found]
+
+
+def next_due() -> Op[int | None]:
+    """When the next waiting delivery falls due (may be in the past), or ``None``."""
+    due = yield value("queue_next_due")
+    return None if due is None else int(due)
+
+
+def release(claimed: Sequence[ClaimedDelivery]) -> Op[None]:
+    """Give back leased deliveries unattempted, due at once (graceful shutdown)."""
+    yield many("queue_release", [{"id": c.id, "token": c.lease_token} for c in claimed])
+
+
+def release_expired(now: int) -> Op[int]:
+    released: int = yield run("queue_release_expired", now=now)
+    return released
+
+
+def purge(
+    before_ms: int, before_id: str, batch: int, idempotency_before: int, rate_before: int
+) -> Op[int]:
+    """Delete one bounded batch of deliveries (with their attempts) and events older than the
+    retention; returns how many rows of deliveries and events went. Each batch is one
+    transaction, so an interrupted purge leaves a consistent database."""
+    old = [
+        r["id"] for r in (yield rows("purge_deliveries_batch", before_id=before_id, limit=batch))
+    ]
+    if old:
+        yield run("purge_attempts", ids=old)
+        yield run("purge_deliveries", ids=old)
+    events = [r["id"] for r in (yield rows("purge_events_batch", before=before_ms, limit=batch))]
+    if events:
+        yield run("purge_events", ids=events)
+    yield run("idempotency_purge", before=idempotency_before)
+    yield run("rate_purge", before=rate_before)
+    return len(old) + len(events)

@@ -1,0 +1,186 @@
+"""hookd's schema as SQLAlchemy Core metadata: the single description that the Alembic
+migrations create and that a test compares the migrated database against.
+
+Times are integer milliseconds since the epoch; ids are text. Queries live as named SQL
+in ``hookd/store/sql/``, not here.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+
+__all__ = ["metadata"]
+
+metadata = MetaData()
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("webhook_limit", Integer, nullable=False),
+    Column("default_version", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("organization_id", Text, ForeignKey("organizations.id"), nullable=False),
+    Column("label", Text, nullable=True),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index("ix_api_keys_organization", "organization_id", "id"),
+)
+
+# Fixed-window request counters per API key, shared by every API process on PostgreSQL.
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("window_start", BigInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("organization_id", Text, ForeignKey("organizations.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("topics", Text, nullable=False),  # JSON array
+    Column("status", Text, nullable=False),
+    Column("timeout_ms", Integer, nullable=False),
+    Column("headers", Text, nullable=False),  # JSON object
+    Column("secret", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_status_message", Text, nullable=True),
+    Column("last_status_at", BigInteger, nullable=True),
+    Column("avg_response_time", Float, nullable=False, server_default=text("0")),
+    Column("response_samples", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_response_time", BigInteger, nullable=False, server_default=text("0")),
+    Column("errors_since_last_success", BigInteger, nullable=False, server_default=text("0")),
+    Column("consecutive_failures", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_success_at", BigInteger, nullable=True),
+    Index(
+        "ix_webhooks_organization",
+        "organization_id",
+        "id",
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
+    Index(
+        "ix_webhooks_organization_status",
+        "organization_id",
+        "status",
+        "id",
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("organization_id", Text, ForeignKey("organizations.id"), nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("data", Text, nullable=False),  # {"object":"notification_event_data",...} as sent
+    Column("conversation_id", Text, nullable=True),
+    Column("conversation_url", Text, nullable=True),
+    Column("is_test", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_events_organization_created", "organization_id", "created_at"),
+    Index("ix_events_created", "created_at"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("event_id", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_idempotency_keys_created", "created_at"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("webhook_id", Text, ForeignKey("webhooks.id"), nullable=False),
+    Column("event_id", Text, ForeignKey("events.id"), nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("is_test", Boolean, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempt_count", Integer, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("lease_until", BigInteger, nullable=True),
+    Column("lease_token", Text, nullable=True),
+    Column("last_attempt_at", BigInteger, nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_status_message", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_deliveries_webhook", "webhook_id", "id"),
+    Index("ix_deliveries_webhook_status", "webhook_id", "status", "id"),
+    Index("ix_deliveries_event", "event_id", "webhook_id"),
+    # The queue: each webhook's waiting deliveries in due order. Leased (in-flight) and
+    # finished rows leave it, so claims never wade through them.
+    Index(
+        "ix_deliveries_queue",
+        "webhook_id",
+        "next_attempt_at",
+        sqlite_where=text("status = 'pending' AND lease_until IS NULL"),
+        postgresql_where=text("status = 'pending' AND lease_until IS NULL"),
+    ),
+    Index(
+        "ix_deliveries_leased",
+        "lease_until",
+        sqlite_where=text("lease_until IS NOT NULL"),
+        postgresql_where=text("lease_until IS NOT NULL"),
+    ),
+    # Test deliveries are sent whatever the webhook's status, so they need their own way in.
+    Index(
+        "ix_deliveries_tests",
+        "next_attempt_at",
+        sqlite_where=text("is_test AND status = 'pending' AND lease_until IS NULL"),
+        postgresql_where=text("is_test AND status = 'pending' AND lease_until IS NULL"),
+    ),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("delivery_id", Text, ForeignKey("deliveries.id"), nullable=False),
+    Column("webhook_id", Text, nullable=False),
+    Column("attempt_number", Integer, nullable=False),
+    Column("attempted_at", BigInteger, nullable=False),
+    Column("succeeded", Boolean, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("response_time_ms", Integer, nullable=False),
+    Column("response_body", LargeBinary, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_attempts_delivery", "delivery_id", "attempt_number"),
+)

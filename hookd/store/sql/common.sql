@@ -1,0 +1,220 @@
+-- hookd's named queries, shared by SQLite and PostgreSQL.
+-- Parameters are written :name; the PostgreSQL driver rewrites them to $n.
+-- A query of the same name in sqlite.sql or postgres.sql replaces the one here.
+-- Times are milliseconds since the epoch.
+
+-- name: org_insert
+INSERT INTO organizations (id, name, webhook_limit, default_version, created_at)
+VALUES (:id, :name, :webhook_limit, :default_version, :created_at);
+
+-- name: org_list
+SELECT id, name, webhook_limit, default_version, created_at FROM organizations ORDER BY id;
+
+-- name: org_by_id
+SELECT id, name, webhook_limit, default_version, created_at FROM organizations WHERE id = :id;
+
+-- name: org_by_name
+SELECT id, name, webhook_limit, default_version, created_at FROM organizations WHERE name = :name;
+
+-- name: org_any
+SELECT id FROM organizations LIMIT 1;
+
+-- name: org_lock
+-- Serialises webhook creation within one organization (the webhook limit).
+SELECT id, webhook_limit FROM organizations WHERE id = :id;
+
+-- name: key_insert
+INSERT INTO api_keys (id, organization_id, label, key_hash, created_at, revoked_at)
+VALUES (:id, :organization_id, :label, :key_hash, :created_at, NULL);
+
+-- name: key_list
+SELECT id, organization_id, label, created_at, revoked_at FROM api_keys
+WHERE organization_id = :organization_id ORDER BY id;
+
+-- name: key_by_id
+SELECT id, organization_id, label, created_at, revoked_at FROM api_keys WHERE id = :id;
+
+-- name: key_revoke
+UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- name: auth
+SELECT k.id AS key_id, k.revoked_at, o.id AS org_id, o.name AS org_name,
+       o.webhook_limit, o.default_version, o.created_at AS org_created_at
+FROM api_keys k JOIN organizations o ON o.id = k.organization_id
+WHERE k.key_hash = :key_hash;
+
+-- name: rate_purge
+DELETE FROM rate_counters WHERE window_start < :before;
+
+-- name: webhook_insert
+INSERT INTO webhooks (id, organization_id, name, url, description, topics, status, timeout_ms,
+                      headers, secret, version, created_at, updated_at)
+VALUES (:id, :organization_id, :name, :url, :description, :topics, :status, :timeout_ms,
+        :headers, :secret, :version, :created_at, :updated_at);
+
+-- name: webhook_get
+SELECT * FROM webhooks WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL;
+
+-- name: webhook_get_locked
+SELECT * FROM webhooks WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL;
+
+-- name: webhook_count
+SELECT count(*) FROM webhooks WHERE organization_id = :organization_id AND deleted_at IS NULL;
+
+-- name: webhook_list
+SELECT * FROM webhooks
+WHERE organization_id = :organization_id AND deleted_at IS NULL AND id < :before
+ORDER BY id DESC LIMIT :limit;
+
+-- name: webhook_list_status
+SELECT * FROM webhooks
+WHERE organization_id = :organization_id AND deleted_at IS NULL AND status = :status AND id < :before
+ORDER BY id DESC LIMIT :limit;
+
+-- name: webhook_update
+UPDATE webhooks
+SET name = :name, url = :url, description = :description, topics = :topics, status = :status,
+    timeout_ms = :timeout_ms, headers = :headers, updated_at = :updated_at
+WHERE id = :id;
+
+-- name: webhook_reset_health
+UPDATE webhooks
+SET avg_response_time = 0, response_samples = 0, last_response_time = 0,
+    errors_since_last_success = 0, consecutive_failures = 0, last_success_at = NULL
+WHERE id = :id;
+
+-- name: webhook_rotate_secret
+UPDATE webhooks SET secret = :secret, updated_at = :now
+WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL;
+
+-- name: webhook_delete
+UPDATE webhooks SET deleted_at = :now, updated_at = :now
+WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL;
+
+-- name: webhooks_active
+-- The fan-out targets of a publish: topics are filtered in Python.
+SELECT id, topics FROM webhooks
+WHERE organization_id = :organization_id AND status = 'active' AND deleted_at IS NULL;
+
+-- name: idempotency_claim
+-- Takes the key for this request unless a live (younger than 24 h) entry holds it.
+INSERT INTO idempotency_keys (organization_id, key, event_id, created_at)
+VALUES (:organization_id, :key, :event_id, :created_at)
+ON CONFLICT (organization_id, key) DO UPDATE
+SET event_id = excluded.event_id, created_at = excluded.created_at
+WHERE idempotency_keys.created_at < :expired_before;
+
+-- name: idempotency_get
+SELECT e.id, e.topic, e.created_at FROM idempotency_keys i JOIN events e ON e.id = i.event_id
+WHERE i.organization_id = :organization_id AND i.key = :key;
+
+-- name: idempotency_purge
+DELETE FROM idempotency_keys WHERE created_at < :before;
+
+-- name: event_insert
+INSERT INTO events (id, organization_id, topic, data, conversation_id, conversation_url, is_test, created_at)
+VALUES (:id, :organization_id, :topic, :data, :conversation_id, :conversation_url, :is_test, :created_at);
+
+-- name: event_get
+SELECT * FROM events WHERE id = :id;
+
+-- name: delivery_insert
+INSERT INTO deliveries (id, webhook_id, event_id, topic, is_test, status, attempt_count,
+                        next_attempt_at, created_at)
+VALUES (:id, :webhook_id, :event_id, :topic, :is_test, 'pending', 0, :next_attempt_at, :created_at);
+
+-- name: delivery_get
+SELECT * FROM deliveries WHERE id = :id AND webhook_id = :webhook_id;
+
+-- name: delivery_list
+SELECT * FROM deliveries WHERE webhook_id = :webhook_id AND id < :before
+ORDER BY id DESC LIMIT :limit;
+
+-- name: delivery_list_status
+SELECT * FROM deliveries WHERE webhook_id = :webhook_id AND status = :status AND id < :before
+ORDER BY id DESC LIMIT :limit;
+
+-- name: delivery_attempts
+SELECT * FROM attempts WHERE delivery_id = :delivery_id ORDER BY attempt_number, id;
+
+-- name: delivery_retry
+-- Queue a delivery to be attempted now; an in-flight attempt keeps its lease.
+UPDATE deliveries SET status = 'pending', next_attempt_at = :now
+WHERE id = :id AND webhook_id = :webhook_id AND status <> 'cancelled';
+
+-- name: deliveries_cancel
+UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL
+WHERE webhook_id = :webhook_id AND status = 'pending';
+
+-- name: queue_inflight
+-- Attempts under way per webhook, across every worker (the per-webhook cap).
+SELECT webhook_id, count(*) AS n FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id;
+
+-- name: queue_heads
+-- Each active webhook with waiting deliveries and its earliest due time (the view is
+-- defined in migration 0001).
+SELECT webhook_id, timeout_ms, head FROM queue_heads;
+
+-- name: queue_next_due
+-- When the next waiting delivery of an active webhook, or a test delivery, falls due.
+SELECT min(t.head) FROM (
+    SELECT head FROM queue_heads
+    UNION ALL
+    SELECT min(next_attempt_at) FROM deliveries WHERE is_test AND status = 'pending' AND lease_until IS NULL
+) t;
+
+-- name: queue_release
+-- Give back a claimed delivery unattempted (graceful shutdown).
+UPDATE deliveries SET lease_until = NULL, lease_token = NULL
+WHERE id = :id AND lease_token = :token;
+
+-- name: queue_release_expired
+-- Deliveries whose worker died go back to the queue once their lease is over.
+UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE lease_until < :now;
+
+-- name: outcome_attempt
+INSERT INTO attempts (id, delivery_id, webhook_id, attempt_number, attempted_at, succeeded,
+                      status_code, response_time_ms, response_body, error)
+VALUES (:id, :delivery_id, :webhook_id, :attempt_number, :attempted_at, :succeeded,
+        :status_code, :response_time_ms, :response_body, :error);
+
+-- name: outcome_delivery
+-- Only the lease holder settles a delivery; a cancelled one stays cancelled.
+UPDATE deliveries
+SET status = :status, attempt_count = :attempt_count, next_attempt_at = :next_attempt_at,
+    lease_until = NULL, lease_token = NULL, last_attempt_at = :attempted_at,
+    last_status_code = :status_code, last_status_message = :status_message
+WHERE id = :id AND lease_token = :token AND status = 'pending';
+
+-- name: outcome_webhook
+-- One batch's attempts to one webhook, folded in Python into these parameters (see
+-- hookd.delivery.health). Every expression reads the row as it was, so concurrent batches
+-- from several workers each apply on top of the other without losing an update.
+UPDATE webhooks
+SET last_status_code = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_code ELSE last_status_code END,
+    last_status_message = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_message ELSE last_status_message END,
+    last_response_time = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_response_time ELSE last_response_time END,
+    last_status_at = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_at ELSE last_status_at END,
+    avg_response_time = CASE WHEN response_samples = 0 THEN :fresh_avg
+                             ELSE avg_response_time * :decay + :contribution END,
+    response_samples = response_samples + :samples,
+    errors_since_last_success = CASE WHEN :attempt_succeeded THEN :errors_after
+                                     ELSE errors_since_last_success + :errors_after END,
+    consecutive_failures = CASE WHEN :delivery_succeeded THEN :failures_after
+                                ELSE consecutive_failures + :failures_after END,
+    last_success_at = CASE WHEN :success_at > coalesce(last_success_at, -1) THEN :success_at
+                           ELSE last_success_at END,
+    status = CASE WHEN status = 'active'
+                   AND (CASE WHEN :delivery_succeeded THEN :failures_after
+                             ELSE consecutive_failures + :failures_after END) >= :suspend_after
+                  THEN 'suspended' ELSE status END
+WHERE id = :id;
+
+-- name: purge_deliveries_batch
+SELECT id FROM deliveries WHERE id < :before_id AND lease_until IS NULL ORDER BY id LIMIT :limit;
+
+-- name: purge_events_batch
+SELECT e.id FROM events e
+WHERE e.created_at < :before
+  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+ORDER BY e.created_at LIMIT :limit;

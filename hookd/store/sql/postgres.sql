@@ -1,0 +1,96 @@
+-- PostgreSQL's versions of queries whose SQL differs, and the queries only PostgreSQL uses.
+-- Lists are passed as arrays.
+
+-- name: org_lock
+SELECT id, webhook_limit FROM organizations WHERE id = :id FOR UPDATE;
+
+-- name: webhook_get_locked
+SELECT * FROM webhooks WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL
+FOR UPDATE;
+
+-- name: auth_counted
+-- Authenticate and count the request in the key's current window, in one round trip.
+WITH k AS (
+    SELECT k.id AS key_id, k.revoked_at, o.id AS org_id, o.name AS org_name,
+           o.webhook_limit, o.default_version, o.created_at AS org_created_at
+    FROM api_keys k JOIN organizations o ON o.id = k.organization_id
+    WHERE k.key_hash = :key_hash
+), counted AS (
+    INSERT INTO rate_counters (key_id, window_start, count)
+    SELECT key_id, :window_start, 1 FROM k WHERE revoked_at IS NULL
+    ON CONFLICT (key_id, window_start) DO UPDATE SET count = rate_counters.count + 1
+    RETURNING count
+)
+SELECT k.*, (SELECT count FROM counted) AS request_count FROM k;
+
+-- name: claim_lock
+-- Claims are serialised across workers so that the per-webhook in-flight cap holds globally.
+SELECT pg_advisory_xact_lock(7242318001);
+
+-- name: claim
+-- Lease due deliveries: for each active webhook, up to its free in-flight slots, oldest
+-- webhooks' work first, at most :capacity in all; returns what the sender needs.
+WITH inflight AS (
+    SELECT webhook_id, count(*) AS n FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id
+), slots AS (
+    SELECT h.webhook_id AS id, h.timeout_ms, h.head, :cap - coalesce(i.n, 0) AS free
+    FROM queue_heads h LEFT JOIN inflight i ON i.webhook_id = h.webhook_id
+    WHERE h.head <= :now AND coalesce(i.n, 0) < :cap
+), picked AS (
+    SELECT d.id, s.timeout_ms
+    FROM slots s
+    CROSS JOIN LATERAL (
+        SELECT q.id FROM deliveries q
+        WHERE q.webhook_id = s.id AND q.status = 'pending' AND q.lease_until IS NULL
+          AND q.next_attempt_at <= :now
+        ORDER BY q.next_attempt_at LIMIT s.free
+        FOR UPDATE SKIP LOCKED
+    ) d
+    ORDER BY s.head
+    LIMIT :capacity
+)
+UPDATE deliveries d
+SET lease_until = :now + p.timeout_ms + :margin, lease_token = :token
+FROM picked p, events e, webhooks w
+WHERE d.id = p.id AND e.id = d.event_id AND w.id = d.webhook_id
+RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
+          e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
+          w.organization_id, w.url, w.secret, w.headers, w.timeout_ms;
+
+-- name: claim_tests
+-- Test deliveries to webhooks that are not active (active ones go through the queue).
+WITH picked AS (
+    SELECT d.id, w.timeout_ms FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+    WHERE d.is_test AND d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at <= :now
+      AND w.status <> 'active' AND w.deleted_at IS NULL
+    ORDER BY d.next_attempt_at LIMIT :capacity
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE deliveries d
+SET lease_until = :now + p.timeout_ms + :margin, lease_token = :token
+FROM picked p, events e, webhooks w
+WHERE d.id = p.id AND e.id = d.event_id AND w.id = d.webhook_id
+RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
+          e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
+          w.organization_id, w.url, w.secret, w.headers, w.timeout_ms;
+
+-- name: notify_work
+SELECT pg_notify('hookd_work', '');
+
+-- name: recover_candidates
+SELECT e.id, e.topic FROM events e
+WHERE e.organization_id = :organization_id AND e.created_at >= :since AND e.created_at < :until
+  AND NOT e.is_test AND e.topic = ANY(:topics)
+  AND NOT EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.event_id = e.id AND d.webhook_id = :webhook_id
+                    AND d.status IN ('succeeded', 'pending'))
+ORDER BY e.created_at, e.id LIMIT :limit;
+
+-- name: purge_attempts
+DELETE FROM attempts WHERE delivery_id = ANY(:ids);
+
+-- name: purge_deliveries
+DELETE FROM deliveries WHERE id = ANY(:ids);
+
+-- name: purge_events
+DELETE FROM events WHERE id = ANY(:ids);
