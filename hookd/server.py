@@ -13,6 +13,7 @@ import uvloop
 from fastapi import FastAPI
 
 from hookd.api import create_app
+from hookd.clock import Clock, system_clock
 from hookd.delivery.guard import AddressGuard
 from hookd.delivery.sender import Sender
 from hookd.delivery.worker import Worker, WorkerConfig
@@ -27,9 +28,12 @@ __all__ = ["build_worker", "run_server"]
 log = get_logger("hookd")
 
 
-def build_worker(settings: Settings, store: Store) -> Worker:
+def build_worker(settings: Settings, store: Store, clock: Clock = system_clock) -> Worker:
+    """The delivery worker that ``hookd serve`` and ``hookd worker`` run."""
     sender = Sender(
-        AddressGuard(settings.allowed_networks), max_connections=settings.worker_concurrency
+        AddressGuard(settings.allowed_networks),
+        max_connections=settings.worker_concurrency,
+        clock=clock,
     )
     config = WorkerConfig(
         retry_schedule=settings.retry_schedule,
@@ -39,8 +43,10 @@ def build_worker(settings: Settings, store: Store) -> Worker:
         poll_interval=settings.poll_interval,
         lease_margin_ms=round(settings.lease_margin * 1000),
         retention_days=settings.retention_days,
+        # Expired leases are looked for at least as often as a lease's margin.
+        maintenance_interval=min(5.0, settings.lease_margin),
     )
-    return Worker(store, sender, config)
+    return Worker(store, sender, config, clock=clock)
 
 
 def _announce_key(key: str) -> None:

@@ -82,9 +82,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def database_url(
-    engine: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[str]:
+def database_url(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database of the test's engine."""
     if engine == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
@@ -153,7 +151,9 @@ class Api:
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
-    async def request(self, method: str, path: str, *, key: str | None = None, **kw: Any) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, *, key: str | None = None, **kw: Any
+    ) -> httpx.Response:
         headers = {**self.auth(key), **kw.pop("headers", {})}
         return await self.client.request(method, path, headers=headers, **kw)
 
@@ -170,14 +170,23 @@ class Api:
         return await self.request("DELETE", path, **kw)
 
     async def create_webhook(self, key: str | None = None, **fields: Any) -> dict[str, Any]:
-        body = {"name": "Test hook", "url": "https://example.com/hook", "topics": ["post.created"], **fields}
+        body = {
+            "name": "Test hook",
+            "url": "https://example.com/hook",
+            "topics": ["post.created"],
+            **fields,
+        }
         response = await self.post("/v2/webhooks", json=body, key=key)
         assert response.status_code == 200, response.text
         created: dict[str, Any] = response.json()
         return created
 
-    async def publish(self, topic: str = "post.created", item: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-        response = await self.post("/v2/events", json={"topic": topic, "data": {"item": item or {"id": "p1"}}}, **kw)
+    async def publish(
+        self, topic: str = "post.created", item: dict[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        response = await self.post(
+            "/v2/events", json={"topic": topic, "data": {"item": item or {"id": "p1"}}}, **kw
+        )
         assert response.status_code == 202, response.text
         published: dict[str, Any] = response.json()
         return published
@@ -204,3 +213,31 @@ async def receiver() -> AsyncIterator[Receiver]:
     """A real HTTP server on 127.0.0.1 that records what it receives."""
     async with Receiver() as r:
         yield r
+
+
+@pytest.fixture
+async def delivering(api: Api, settings: Settings) -> AsyncIterator[Api]:
+    """``api`` with a delivery worker running in the same process, as in ``hookd serve``."""
+    from hookd.server import build_worker
+
+    worker = build_worker(settings, api.store)
+    await worker.start()
+    api.worker = worker  # type: ignore[attr-defined]
+    try:
+        yield api
+    finally:
+        await worker.stop(grace=2.0)
+
+
+async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``check()`` (sync or async) until it returns something truthy; return that."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {result!r})")
+        await asyncio.sleep(interval)

@@ -90,11 +90,15 @@ class Receiver:
                 self._arrived.notify_all()
             if behaviour.delay:
                 await asyncio.sleep(behaviour.delay)
-            return web.Response(status=behaviour.status, body=behaviour.body, headers=behaviour.headers)
+            return web.Response(
+                status=behaviour.status, body=behaviour.body, headers=behaviour.headers
+            )
         finally:
             self._active_by_path[path] -= 1
 
-    async def wait_for(self, count: int, path: str | None = None, timeout: float = 10.0) -> list[Received]:
+    async def wait_for(
+        self, count: int, path: str | None = None, timeout: float = 10.0
+    ) -> list[Received]:
         """Wait until ``count`` requests (to ``path``, if given) have arrived."""
 
         def got() -> list[Received]:

@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hookd import __version__
-from hookd.api import events, webhooks
+from hookd.api import deliveries, events, webhooks
 from hookd.api.auth import RateLimiter
 from hookd.api.render import JSONResponse
 from hookd.api.schemas import ErrorOut
@@ -223,6 +223,7 @@ def create_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(webhooks.router)
+    app.include_router(deliveries.router)
     app.include_router(events.router)
 
     def openapi() -> dict[str, Any]:

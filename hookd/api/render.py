@@ -8,9 +8,9 @@ import orjson
 from starlette.responses import Response
 
 from hookd.clock import iso_ms, iso_or_none
-from hookd.store.records import Webhook
+from hookd.store.records import Attempt, Delivery, Webhook
 
-__all__ = ["JSONResponse", "webhook_json"]
+__all__ = ["JSONResponse", "attempt_json", "delivery_json", "webhook_json"]
 
 
 class JSONResponse(Response):
@@ -51,4 +51,44 @@ def webhook_json(w: Webhook) -> dict[str, Any]:
         "createdAt": iso_ms(w.created_at),
         "updatedAt": iso_ms(w.updated_at),
         "version": w.version,
+    }
+
+
+def delivery_json(d: Delivery) -> dict[str, Any]:
+    """A delivery in the log (SPEC §6)."""
+    return {
+        "object": "webhook_delivery",
+        "id": d.id,
+        "webhookId": d.webhook_id,
+        "eventId": d.event_id,
+        "topic": d.topic,
+        "status": d.status,
+        "attemptCount": d.attempt_count,
+        "nextAttemptAt": iso_or_none(d.next_attempt_at) if d.status == "pending" else None,
+        "lastAttemptAt": iso_or_none(d.last_attempt_at),
+        "lastStatus": None
+        if d.last_attempt_at is None
+        else {
+            "code": d.last_status_code or 0,
+            "message": d.last_status_message or "",
+            "timestamp": iso_ms(d.last_attempt_at),
+        },
+        "createdAt": iso_ms(d.created_at),
+    }
+
+
+def attempt_json(a: Attempt) -> dict[str, Any]:
+    # Bodies are kept as received (at most 4 KiB of bytes); shown as text, with any bytes
+    # that are not UTF-8 replaced, so binary or cut-off bodies never break the JSON.
+    body = None if a.response_body is None else a.response_body.decode("utf-8", "replace")
+    return {
+        "object": "webhook_delivery_attempt",
+        "id": a.id,
+        "attemptNumber": a.attempt_number,
+        "attemptedAt": iso_ms(a.attempted_at),
+        "succeeded": a.succeeded,
+        "statusCode": a.status_code,
+        "responseTimeMs": a.response_time_ms,
+        "responseBody": body,
+        "error": a.error,
     }

@@ -16,9 +16,15 @@ from hookd.api.validation import check_header_map, check_text, check_topic, chec
 from hookd.topics import TOPICS
 
 __all__ = [
+    "AttemptOut",
+    "DeliveryDetailOut",
+    "DeliveryList",
+    "DeliveryOut",
     "ErrorOut",
     "EventIn",
     "EventOut",
+    "RecoveryOut",
+    "TopicIn",
     "WebhookCreate",
     "WebhookDeleted",
     "WebhookList",
@@ -196,3 +202,45 @@ class ErrorDetail(BaseModel):
 class ErrorOut(BaseModel):
     object: Literal["error"]
     error: ErrorDetail
+
+
+class DeliveryOut(BaseModel):
+    object: Literal["webhook_delivery"]
+    id: str
+    webhookId: str
+    eventId: str
+    topic: Topic
+    status: Literal["pending", "succeeded", "failed", "cancelled"]
+    attemptCount: int
+    nextAttemptAt: str | None
+    lastAttemptAt: str | None
+    lastStatus: LastStatusOut | None
+    createdAt: str
+
+
+class DeliveryList(BaseModel):
+    object: Literal["list"]
+    data: list[DeliveryOut]
+    nextCursor: str | None
+
+
+class AttemptOut(BaseModel):
+    object: Literal["webhook_delivery_attempt"]
+    id: str
+    attemptNumber: int
+    attemptedAt: str
+    succeeded: bool
+    statusCode: int | None
+    responseTimeMs: int
+    responseBody: str | None
+    error: str | None
+
+
+class DeliveryDetailOut(DeliveryOut):
+    payload: dict[str, Any]
+    attempts: list[AttemptOut]
+
+
+class RecoveryOut(BaseModel):
+    object: Literal["recovery"]
+    queued: int

@@ -43,10 +43,11 @@ class Settlement:
 
 
 def settle(settlement: Settlement) -> Op[None]:
-    yield many("outcome_attempt", settlement.attempts)
-    yield many("outcome_delivery", settlement.deliveries)
-    # Webhook rows in id order, so concurrent workers lock them in the same order.
+    # Lock order, everywhere: webhook rows (in id order) before delivery rows. The API's
+    # writes (delete, which cancels deliveries) take them in the same order: no deadlock.
     yield many("outcome_webhook", sorted(settlement.webhooks, key=lambda r: str(r["id"])))
+    yield many("outcome_delivery", settlement.deliveries)
+    yield many("outcome_attempt", settlement.attempts)
 
 
 def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:

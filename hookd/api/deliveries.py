@@ -1,0 +1,201 @@
+"""The delivery log (SPEC §6): list, inspect, retry, test and recover deliveries."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from hookd.api.auth import Principal, authenticate
+from hookd.api.events import encode_data
+from hookd.api.pagination import MAX_CURSOR, decode_cursor, page
+from hookd.api.render import JSONResponse, attempt_json, delivery_json
+from hookd.api.schemas import DeliveryDetailOut, DeliveryList, DeliveryOut, RecoveryOut, TopicIn
+from hookd.api.spec import ERRORS, body_spec, check_query, webhook_id_param
+from hookd.api.validation import parse_body, read_body
+from hookd.api.webhooks import load_webhook
+from hookd.clock import parse_iso
+from hookd.delivery.envelope import event_body
+from hookd.errors import ApiError
+from hookd.settings import Settings
+from hookd.store import EventDraft, Store
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v2/webhooks/{id}", tags=["Delivery log"])
+
+Auth = Annotated[Principal, Depends(authenticate)]
+_DAY_MS = 86_400_000
+
+
+class TestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    topic: TopicIn | None = None
+
+
+class RecoverIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    since: Annotated[str, Field(max_length=64, description="ISO 8601 time, inclusive")]
+    until: Annotated[
+        str | None, Field(max_length=64, description="ISO 8601 time, exclusive; default now")
+    ] = None
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _delivery_missing() -> ApiError:
+    return ApiError(
+        404, "resource_missing", "No delivery of this webhook has this id.", "deliveryId"
+    )
+
+
+def _delivery_id(value: str) -> str:
+    try:
+        return webhook_id_param(value, "delivery")
+    except ApiError:
+        raise _delivery_missing() from None
+
+
+@router.get(
+    "/deliveries",
+    responses={200: {"model": DeliveryList}, **ERRORS},
+    summary="List a webhook's deliveries",
+)
+async def list_deliveries(
+    request: Request,
+    principal: Auth,
+    id: str,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
+    status: Literal["pending", "succeeded", "failed", "cancelled"] | None = None,
+) -> Response:
+    check_query(request, "limit", "cursor", "status")
+    webhook = await load_webhook(request, principal, id)
+    list_name = f"deliveries:{webhook.id}"
+    before = decode_cursor(list_name, cursor)
+    found = await _store(request).list_deliveries(webhook.id, status, before, limit + 1)
+    return JSONResponse(page(list_name, found, limit, delivery_json, lambda d: d.id))
+
+
+@router.get(
+    "/deliveries/{deliveryId}",
+    responses={200: {"model": DeliveryDetailOut}, **ERRORS},
+    summary="Get a delivery with its payload and attempts",
+)
+async def get_delivery(request: Request, principal: Auth, id: str, deliveryId: str) -> Response:
+    check_query(request)
+    webhook = await load_webhook(request, principal, id)
+    found = await _store(request).get_delivery(webhook.id, _delivery_id(deliveryId))
+    if found is None:
+        raise _delivery_missing()
+    delivery, event, attempts = found
+    body = delivery_json(delivery)
+    # The payload of the latest attempt (or of the first one, before any was made).
+    body["payload"] = orjson.loads(event_body(event, webhook.id, max(1, delivery.attempt_count)))
+    body["attempts"] = [attempt_json(a) for a in attempts]
+    return JSONResponse(body)
+
+
+@router.post(
+    "/deliveries/{deliveryId}/retry",
+    status_code=202,
+    responses={202: {"model": DeliveryOut, "description": "Queued for an attempt now"}, **ERRORS},
+    summary="Retry a delivery now",
+)
+async def retry_delivery(request: Request, principal: Auth, id: str, deliveryId: str) -> Response:
+    check_query(request)
+    await read_body(request)
+    webhook = await load_webhook(request, principal, id)
+    delivery = await _store(request).retry_delivery(webhook.id, _delivery_id(deliveryId))
+    if delivery is None:
+        raise _delivery_missing()
+    if delivery.status == "cancelled":
+        raise ApiError(
+            400,
+            "delivery_cancelled",
+            "This delivery was cancelled (its webhook was deleted) and cannot be retried.",
+            "deliveryId",
+        )
+    return JSONResponse(delivery_json(delivery), status_code=202)
+
+
+@router.post(
+    "/test",
+    status_code=202,
+    responses={202: {"model": DeliveryOut, "description": "A test delivery, queued"}, **ERRORS},
+    openapi_extra=body_spec(TestIn, required=False),
+    summary="Send a test event to a webhook",
+)
+async def send_test(request: Request, principal: Auth, id: str) -> Response:
+    check_query(request)
+    webhook = await load_webhook(request, principal, id)
+    body = parse_body(await read_body(request), TestIn)
+    topic = body.topic or webhook.topics[0]
+    item = {
+        "object": "test",
+        "id": f"test_{secrets.token_hex(8)}",
+        "message": "A test event sent by hookd.",
+    }
+    draft = EventDraft(topic, encode_data(item, []))
+    delivery = await _store(request).create_test_delivery(
+        principal.organization.id, webhook.id, draft
+    )
+    return JSONResponse(delivery_json(delivery), status_code=202)
+
+
+def _time(value: str, field: str) -> int:
+    try:
+        return parse_iso(value)
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400,
+            "parameter_invalid",
+            f"{field} must be an ISO 8601 time with a timezone, e.g. 2025-01-15T10:30:00Z.",
+            field,
+        ) from None
+
+
+@router.post(
+    "/recover",
+    status_code=202,
+    responses={202: {"model": RecoveryOut, "description": "Deliveries queued"}, **ERRORS},
+    openapi_extra=body_spec(RecoverIn),
+    summary="Recover a webhook's events of a time window after an outage",
+)
+async def recover(request: Request, principal: Auth, id: str) -> Response:
+    check_query(request)
+    webhook = await load_webhook(request, principal, id)
+    body = parse_body(await read_body(request), RecoverIn)
+    store = _store(request)
+    settings: Settings = request.app.state.settings
+    now = store.clock()
+    since = _time(body.since, "since")
+    until = now if body.until is None else _time(body.until, "until")
+    retention_ms = settings.retention_days * _DAY_MS
+    if until <= since:
+        raise ApiError(400, "window_invalid", "until must be later than since.", "until")
+    if until - since > retention_ms:
+        raise ApiError(
+            400,
+            "window_too_long",
+            f"The window is longer than the retention of {settings.retention_days} days; recover it in parts.",
+            "since",
+        )
+    if since < now - retention_ms:
+        raise ApiError(
+            400,
+            "window_outside_retention",
+            f"since is more than {settings.retention_days} days ago; older events have been purged.",
+            "since",
+        )
+    queued = await store.recover(
+        principal.organization.id, webhook.id, list(webhook.topics), since, until
+    )
+    return JSONResponse({"object": "recovery", "queued": queued}, status_code=202)
