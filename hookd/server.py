@@ -20,12 +20,20 @@ from hookd.delivery.worker import Worker, WorkerConfig
 from hookd.errors import HookdError
 from hookd.logs import configure_logging, get_logger
 from hookd.settings import DEFAULT_API_VERSION, Settings
-from hookd.store import Store, open_driver
+from hookd.store import Driver, Store, open_driver
 from hookd.store.migrate import upgrade_async
 
 __all__ = ["build_worker", "run_server"]
 
 log = get_logger("hookd")
+
+
+def open_driver_for(settings: Settings) -> Driver:
+    return open_driver(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
 
 
 def build_worker(settings: Settings, store: Store, clock: Clock = system_clock) -> Worker:
@@ -74,7 +82,7 @@ def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) 
     if not api:
         uvloop.run(_worker_only(settings))
         return
-    store = Store(open_driver(settings.database_url, pool_size=settings.db_pool_size))
+    store = Store(open_driver_for(settings))
     engine: Worker | None = None
 
     async def on_startup(app: FastAPI) -> None:
@@ -114,7 +122,7 @@ def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) 
 
 
 async def _worker_only(settings: Settings) -> None:
-    store = Store(open_driver(settings.database_url, pool_size=settings.db_pool_size))
+    store = Store(open_driver_for(settings))
     await store.start()
     engine = build_worker(settings, store)
     stop = asyncio.Event()

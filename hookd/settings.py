@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     poll_interval: float = Field(1.0, gt=0, le=3600)
     lease_margin: float = Field(30.0, ge=0.1, le=86_400)
     db_pool_size: int = Field(10, ge=1, le=1000)
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
 
     @field_validator("database_url")
     @classmethod
@@ -54,7 +55,7 @@ class Settings(BaseSettings):
             raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///hookd.db")
         return value
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "sqlite_synchronous", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -61,10 +61,12 @@ class Driver(Protocol):
     async def ping(self) -> None: ...
 
 
-def open_driver(database_url: str, *, pool_size: int = 10) -> Driver:
+def open_driver(
+    database_url: str, *, pool_size: int = 10, sqlite_synchronous: str = "normal"
+) -> Driver:
     """The driver for ``database_url`` (not yet started)."""
     if database_url.startswith("sqlite:///"):
-        return SqliteDriver(database_url[len("sqlite:///") :])
+        return SqliteDriver(database_url[len("sqlite:///") :], synchronous=sqlite_synchronous)
     return PostgresDriver(database_url, pool_size=pool_size)
 
 

@@ -1,22 +1,24 @@
-"""The SQLite driver: a real file in WAL mode, one writer thread, reads on the event loop.
+"""The SQLite driver: a real file in WAL mode, one writer connection, reads on the event loop.
 
-Every write runs on one thread that owns the write connection. Writes that arrive while
-another batch commits are grouped into the next transaction (group commit), each in its
-own savepoint, so one failing operation never undoes another and a burst of publishes
-costs one fsync. Reads are short indexed lookups on a second connection; WAL lets them
-run beside the writer, and running them inline avoids a thread hop per request.
+Writes are grouped: every write that arrives while a transaction is being written waits for
+the next one, and the next transaction runs them all (group commit), each in its own
+savepoint so a failing operation never undoes another. Statements run on the event loop
+thread: they take microseconds, and handing each to another thread costs more (the thread
+must win the GIL back from the busy loop, up to the interpreter's switch interval). With
+``HOOKD_SQLITE_SYNCHRONOUS=full`` the COMMIT waits for the disk, so it runs on a helper
+thread and the loop serves requests meanwhile. Reads are short indexed lookups on a second
+connection; WAL lets them run beside the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
-import queue
 import sqlite3
-import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -95,7 +97,7 @@ class _Session:
             return stop.value  # type: ignore[no-any-return]
 
 
-def _connect(path: str, *, writer: bool) -> sqlite3.Connection:
+def _connect(path: str, *, writer: bool, synchronous: str = "normal") -> sqlite3.Connection:
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
     conn = sqlite3.connect(
         uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0
@@ -104,12 +106,14 @@ def _connect(path: str, *, writer: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA foreign_keys=ON")
-    # FULL: a commit is on disk before hookd answers 202 (the batch shares the fsync).
-    conn.execute("PRAGMA synchronous=FULL" if writer else "PRAGMA query_only=ON")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    # NORMAL (the default): a commit is in the WAL file before hookd answers, so it survives
+    # any crash of hookd itself; FULL also waits for the disk (survives power loss).
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}" if writer else "PRAGMA query_only=ON")
     return conn
 
 
-_Job = tuple[Callable[[_Session], Any], "asyncio.Future[Any]"]
+_Job = tuple[Op[Any], "asyncio.Future[Any]"]
 
 
 class SqliteDriver:
@@ -117,11 +121,13 @@ class SqliteDriver:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, synchronous: str = "normal") -> None:
         self.path = path
+        self.synchronous = synchronous
         self._queries = load_queries("sqlite")
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._pending: list[_Job] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hookd-sqlite")
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,20 +137,15 @@ class SqliteDriver:
         self._loop = asyncio.get_running_loop()
         try:
             # mode=rw: never create an empty database here; migrations create the file.
-            self._writer = _connect(self.path, writer=True)
+            self._writer = _connect(self.path, writer=True, synchronous=self.synchronous)
             self._reader = _connect(self.path, writer=False)
         except sqlite3.Error as exc:
             raise DatabaseUnavailable(str(exc)) from exc
-        self._thread = threading.Thread(
-            target=self._write_loop, name="hookd-sqlite-writer", daemon=True
-        )
-        self._thread.start()
 
     async def close(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        self._executor.shutdown(wait=True)
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()
@@ -169,7 +170,9 @@ class SqliteDriver:
         """Run an operation in a write transaction; returns after it is committed."""
         assert self._loop is not None, "driver not started"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((lambda session: session.drive(op), future))
+        self._pending.append((op, future))
+        if self._flusher is None:
+            self._flusher = self._loop.create_task(self._flush())
         return await future
 
     def notify_work(self) -> None:
@@ -186,77 +189,61 @@ class SqliteDriver:
     async def ping(self) -> None:
         await self.read(_ping())
 
-    # The writer thread.
+    # Group commit.
 
-    def _write_loop(self) -> None:
-        assert self._writer is not None
+    async def _flush(self) -> None:
+        assert self._loop is not None and self._writer is not None
         conn = self._writer
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            batch = [job]
-            stop = False
-            while len(batch) < _BATCH_MAX:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            self._run_batch(conn, batch)
-            if stop:
-                return
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        session = _Session(conn, self._queries)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
-                conn.execute("SAVEPOINT job")
-                notify_before = session.notify
+            while self._pending:
+                batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
+                results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+                notify = False
                 try:
-                    value = fn(session)
-                except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    session.notify = notify_before
-                    results.append((future, None, self._translate(exc)))
-                else:
-                    conn.execute("RELEASE job")
-                    results.append((future, value, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            error = self._translate(exc)
-            results = [(future, None, error) for _, future in batch]
-            session.notify = False
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, results, session.notify)
+                    conn.execute("BEGIN IMMEDIATE")
+                    session = _Session(conn, self._queries)
+                    for op, future in batch:
+                        conn.execute("SAVEPOINT job")
+                        try:
+                            value = session.drive(op)
+                        except Exception as exc:
+                            conn.execute("ROLLBACK TO job")
+                            conn.execute("RELEASE job")
+                            session.notify = notify
+                            results.append((future, None, self._translate(exc)))
+                        else:
+                            conn.execute("RELEASE job")
+                            notify = session.notify
+                            results.append((future, value, None))
+                    if self.synchronous == "full":
+                        # The fsync: let the loop serve requests meanwhile.
+                        await self._loop.run_in_executor(self._executor, conn.execute, "COMMIT")
+                    else:
+                        conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    failure = self._translate(exc)
+                    results = [(future, None, failure) for _, future in batch]
+                    notify = False
+                for future, result, error in results:
+                    if future.done():
+                        continue
+                    if error is None:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(error)
+                if notify:
+                    self._work.set()
+        finally:
+            self._flusher = None
 
     @staticmethod
     def _translate(exc: BaseException) -> BaseException:
         if isinstance(exc, sqlite3.Error) and _is_unavailable(exc):
             return DatabaseUnavailable(str(exc))
         return exc
-
-    def _resolve(
-        self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]], notify: bool
-    ) -> None:
-        for future, result, error in results:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-        if notify:
-            self._work.set()
 
 
 def _ping() -> Op[None]:
