@@ -31,12 +31,12 @@ ADMIN_DSN = os.environ.get("HOOKD_TEST_POSTGRES", "postgresql://postgres@127.0.0
 ENGINES = ["sqlite", "postgres"]
 
 
-def _dsn_for(database: str) -> str:
+def dsn_for(database: str) -> str:
     base, _, _ = ADMIN_DSN.rpartition("/")
     return f"{base}/{database}"
 
 
-async def _admin(sql: str) -> None:
+async def admin_sql(sql: str) -> None:
     conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
     try:
         await conn.execute(sql)
@@ -46,7 +46,7 @@ async def _admin(sql: str) -> None:
 
 def _postgres_problem() -> str | None:
     try:
-        asyncio.run(_admin("SELECT 1"))
+        asyncio.run(admin_sql("SELECT 1"))
     except Exception as exc:  # any failure to connect means the same thing here
         return f"PostgreSQL at {ADMIN_DSN} is unreachable: {type(exc).__name__}: {exc}"
     return None
@@ -61,12 +61,12 @@ def postgres_template() -> Iterator[str]:
             pytest.fail(problem + " (CI=true: PostgreSQL tests must run)")
         pytest.skip(problem + " (set CI=true to make this a failure)")
     name = f"hookd_tpl_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
     try:
-        upgrade(_dsn_for(name))
+        upgrade(dsn_for(name))
         yield name
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -92,11 +92,11 @@ def database_url(engine: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         return
     template_name: str = request.getfixturevalue("postgres_template")
     name = f"hookd_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
     try:
-        yield _dsn_for(name)
+        yield dsn_for(name)
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 TEST_SETTINGS: dict[str, Any] = {

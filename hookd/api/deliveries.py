@@ -16,7 +16,7 @@ from hookd.api.pagination import MAX_CURSOR, decode_cursor, page
 from hookd.api.render import JSONResponse, attempt_json, delivery_json
 from hookd.api.schemas import DeliveryDetailOut, DeliveryList, DeliveryOut, RecoveryOut, TopicIn
 from hookd.api.spec import ERRORS, body_spec, check_query, webhook_id_param
-from hookd.api.validation import parse_body, read_body
+from hookd.api.validation import check_limit, parse_body, read_body
 from hookd.api.webhooks import load_webhook
 from hookd.clock import parse_iso
 from hookd.delivery.envelope import event_body
@@ -77,6 +77,7 @@ async def list_deliveries(
     status: Literal["pending", "succeeded", "failed", "cancelled"] | None = None,
 ) -> Response:
     check_query(request, "limit", "cursor", "status")
+    check_limit(request)
     webhook = await load_webhook(request, principal, id)
     list_name = f"deliveries:{webhook.id}"
     before = decode_cursor(list_name, cursor)

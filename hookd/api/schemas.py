@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 
-from hookd.api.validation import check_header_map, check_text, check_topic, check_url
+from hookd.api.validation import check_header_map, check_text, check_topic, check_url, custom_error
 from hookd.topics import TOPICS
 
 __all__ = [
@@ -24,6 +23,7 @@ __all__ = [
     "EventIn",
     "EventOut",
     "RecoveryOut",
+    "SecretRefresh",
     "TopicIn",
     "WebhookCreate",
     "WebhookDeleted",
@@ -42,16 +42,26 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class SecretRefresh(_In):
+    """The refresh endpoint takes no parameters: hookd makes the secret."""
+
+
 def _name(value: str) -> str:
     value = check_text(value.strip())
     if not 1 <= len(value) <= 100:
-        raise PydanticCustomError(
+        raise custom_error(
             "parameter_invalid_length", "must be 1 to 100 characters (after trimming spaces)"
         )
     return value
 
 
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_name)]
+Name = Annotated[
+    str,
+    AfterValidator(_name),
+    Field(
+        description="1 to 100 characters after trimming spaces", json_schema_extra={"minLength": 1}
+    ),
+]
 Description = Annotated[
     str, Field(max_length=500), AfterValidator(lambda v: check_text(v, multiline=True))
 ]
@@ -78,7 +88,7 @@ class RequestConfigIn(_In):
 
 
 def _null(field: str) -> Exception:
-    return PydanticCustomError(
+    return custom_error(
         "parameter_invalid_type", f"must not be null (leave {field} out to keep it)"
     )
 

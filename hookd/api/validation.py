@@ -23,9 +23,11 @@ from hookd.topics import TOPIC_SET
 __all__ = [
     "MAX_BODY_BYTES",
     "check_header_map",
+    "check_limit",
     "check_text",
     "check_topic",
     "check_url",
+    "custom_error",
     "parse_body",
     "read_body",
 ]
@@ -46,9 +48,15 @@ _RESERVED_PREFIXES = ("x-webhook-", "webhook-")
 MAX_HEADERS = 10
 
 
+def custom_error(code: str, message: str) -> PydanticCustomError:
+    """An error of hookd's own checks, whose ``code`` is the API error code."""
+    return _fail(code, message)
+
+
 def _fail(code: str, message: str, sub: str | None = None) -> PydanticCustomError:
-    # ``sub`` extends the dotted param (a header name within requestConfig.headers).
-    return PydanticCustomError(code, message, {"sub": sub} if sub else None)
+    """An error of hookd's own checks: ``code`` is the API error code; ``sub`` extends the
+    dotted param (a header name within requestConfig.headers)."""
+    return PydanticCustomError(code, message, {"hookd": True, "sub": sub or ""})
 
 
 def check_text(value: str, *, multiline: bool = False) -> str:
@@ -126,6 +134,13 @@ def check_header_map(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
+def check_limit(request: Request) -> None:
+    """``limit`` must be written as a plain integer (FastAPI alone also takes "10.0")."""
+    raw = request.query_params.get("limit")
+    if raw is not None and not re.fullmatch(r"[0-9]{1,3}", raw):
+        raise ApiError(400, "parameter_invalid", "limit must be an integer from 1 to 100.", "limit")
+
+
 async def read_body(request: Request) -> bytes:
     """The raw body, after checking its content type (``415``)."""
     body = await request.body()
@@ -165,8 +180,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Location parts pydantic adds for its own machinery, not names the client sent.
+_MACHINERY = re.compile(
+    r"(function-(after|before|wrap|plain)|json-or-python|lax-or-strict)\[.*\]\Z|\[key\]\Z"
+)
+
+
 def _param(err: ErrorDetails) -> str | None:
-    loc = [str(part) for part in err["loc"] if not str(part).startswith(("function-", "["))]
+    loc = [str(part) for part in err["loc"] if not _MACHINERY.match(str(part))]
     ctx = err.get("ctx") or {}
     if ctx.get("sub"):
         loc.append(str(ctx["sub"]))
@@ -177,6 +198,9 @@ def _describe(err: ErrorDetails, param: str | None) -> tuple[str, str]:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     name = param or "The request body"
+    if ctx.get("hookd"):
+        # hookd's own checks (see _fail): the type is the code.
+        return kind, f"{name} {err['msg']}."
     if kind == "missing":
         return "parameter_missing", f"{name} is required."
     if kind == "extra_forbidden":
@@ -205,9 +229,6 @@ def _describe(err: ErrorDetails, param: str | None) -> tuple[str, str]:
         return "parameter_invalid", f"{name} {err['msg'].lower().replace('input ', '')}."
     if kind in ("string_unicode", "string_sub_type"):
         return "parameter_invalid", f"{name} is not a valid string."
-    if ctx or kind.endswith(("_invalid", "_unknown", "_reserved", "_too_many")):
-        # hookd's own checks (PydanticCustomError): the type is the code.
-        return kind, f"{name} {err['msg']}."
     return "parameter_invalid", f"{name} is invalid: {err['msg']}."
 
 

@@ -10,9 +10,16 @@ from starlette.responses import Response
 from hookd.api.auth import Principal, authenticate
 from hookd.api.pagination import MAX_CURSOR, decode_cursor, page
 from hookd.api.render import JSONResponse, webhook_json
-from hookd.api.schemas import WebhookCreate, WebhookDeleted, WebhookList, WebhookOut, WebhookUpdate
+from hookd.api.schemas import (
+    SecretRefresh,
+    WebhookCreate,
+    WebhookDeleted,
+    WebhookList,
+    WebhookOut,
+    WebhookUpdate,
+)
 from hookd.api.spec import ERRORS, body_spec, check_query, webhook_id_param
-from hookd.api.validation import parse_body, read_body
+from hookd.api.validation import check_limit, parse_body, read_body
 from hookd.errors import ApiError
 from hookd.ids import new_secret
 from hookd.settings import Settings
@@ -59,6 +66,7 @@ async def list_webhooks(
     status: Literal["active", "paused", "suspended"] | None = None,
 ) -> Response:
     check_query(request, "limit", "cursor", "status")
+    check_limit(request)
     before = decode_cursor("webhooks", cursor)
     found = await _store(request).list_webhooks(
         principal.organization.id, status, before, limit + 1
@@ -140,12 +148,13 @@ async def delete_webhook(request: Request, principal: Auth, id: str) -> Response
 @router.post(
     "/{id}/secret",
     responses={200: {"model": WebhookOut}, **ERRORS},
+    openapi_extra=body_spec(SecretRefresh, required=False),
     summary="Refresh webhook signing secret",
 )
 async def refresh_secret(request: Request, principal: Auth, id: str) -> Response:
     check_query(request)
-    await read_body(request)
     webhook_id = webhook_id_param(id)
+    parse_body(await read_body(request), SecretRefresh)
     updated = await _store(request).rotate_secret(
         principal.organization.id, webhook_id, new_secret()
     )

@@ -114,7 +114,12 @@ def update_webhook(
     current = {key: row[key] for key in EDITABLE}
     wanted = dict(current)
     for key, new in changes.items():
-        wanted[key] = _dump(new) if key in ("topics", "headers") else new
+        # Lists and maps are stored as JSON; a map in another key order is the same map.
+        if key in ("topics", "headers"):
+            if orjson.loads(current[key]) != new:
+                wanted[key] = _dump(new)
+        else:
+            wanted[key] = new
     if changed := [k for k in EDITABLE if wanted[k] != current[k]]:
         # Strictly later than before, even within one millisecond.
         updated_at = max(now, row["updated_at"] + 1)
