@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hookd import __version__
@@ -133,6 +136,24 @@ async def _query_error(request: Request, exc: Exception) -> Response:
     return _error_response(request, error)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette names only the first route whose path matched; a resource has several.
+    path = request.url.path
+    table: list[tuple[re.Pattern[str], set[str]]] = request.app.state.methods_by_path
+    methods = {m for pattern, allowed in table if pattern.match(path) for m in allowed}
+    return sorted(methods - {"HEAD"}) or ["GET"]
+
+
+def _methods_by_path(
+    routers: list[APIRouter], app: FastAPI
+) -> list[tuple[re.Pattern[str], set[str]]]:
+    table: dict[str, set[str]] = {}
+    for route in [*app.routes, *(r for router in routers for r in router.routes)]:
+        if isinstance(route, APIRoute | Route) and route.methods:
+            table.setdefault(route.path, set()).update(route.methods)
+    return [(compile_path(path)[0], methods) for path, methods in table.items()]
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
@@ -140,11 +161,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             404, "route_not_found", f"There is no endpoint {request.url.path}; see /openapi.json."
         )
     elif exc.status_code == 405:
+        allowed = _allowed_methods(request)
         error = ApiError(
             405,
             "method_not_allowed",
-            f"{request.method} is not allowed on {request.url.path}.",
-            headers=exc.headers,
+            f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}.",
+            headers={"Allow": ", ".join(allowed)},
         )
     else:
         error = ApiError(exc.status_code, "http_error", str(exc.detail))
@@ -222,9 +244,10 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(webhooks.router)
-    app.include_router(deliveries.router)
-    app.include_router(events.router)
+    routers = [webhooks.router, deliveries.router, events.router]
+    for router in routers:
+        app.include_router(router)
+    app.state.methods_by_path = _methods_by_path(routers, app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

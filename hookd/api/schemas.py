@@ -139,7 +139,9 @@ class EventData(_In):
 class EventIn(_In):
     topic: TopicIn
     data: EventData
-    conversationId: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    conversationId: (
+        Annotated[str, Field(min_length=1, max_length=255), AfterValidator(check_text)] | None
+    ) = None
     conversationUrl: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
 
 

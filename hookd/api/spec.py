@@ -50,8 +50,8 @@ def check_query(request: Request, *allowed: str) -> None:
             raise ApiError(
                 400,
                 "parameter_unknown",
-                f"{name} is not a parameter of this request; remove it.",
-                name,
+                f"{name!r} is not a parameter of this request; remove it.",
+                name or None,
             )
         if len(params.getlist(name)) > 1:
             raise ApiError(400, "parameter_invalid", f"{name} is given more than once.", name)

@@ -56,7 +56,8 @@ def custom_error(code: str, message: str) -> PydanticCustomError:
 def _fail(code: str, message: str, sub: str | None = None) -> PydanticCustomError:
     """An error of hookd's own checks: ``code`` is the API error code; ``sub`` extends the
     dotted param (a header name within requestConfig.headers)."""
-    return PydanticCustomError(code, message, {"hookd": True, "sub": sub or ""})
+    shown = (sub or "").encode("utf-8", "backslashreplace").decode("utf-8")
+    return PydanticCustomError(code, message, {"hookd": True, "sub": shown})
 
 
 def check_text(value: str, *, multiline: bool = False) -> str:
@@ -169,11 +170,15 @@ def _decode(body: bytes) -> Any:
     # orjson refuses what the standard library accepts for good reasons (NaN, a BOM) and
     # for one it should accept: integers beyond 64 bits, which the fields' ranges then refuse.
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
+        data = json.loads(body, parse_constant=_refuse_constant)
+        # The standard library lets lone surrogates ("\ud800") through; text that cannot be
+        # UTF-8 cannot be stored or sent.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeError):
         raise ApiError(
             400, "json_invalid", f"The request body is not valid JSON: {first}."
         ) from None
+    return data
 
 
 def _refuse_constant(name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -32,6 +33,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.ReadOnlySQLTransactionError,
+    # A pooled connection whose server end was terminated can fail in odd protocol states.
+    asyncpg.InternalClientError,
 )
 
 
@@ -43,8 +46,14 @@ class _Session:
     def __init__(self, conn: asyncpg.Connection, queries: dict[str, Query]) -> None:
         self.conn = conn
         self.queries = queries
+        self.executed = 0
 
     async def execute(self, st: Statement) -> Any:
+        result = await self._execute(st)
+        self.executed += 1
+        return result
+
+    async def _execute(self, st: Statement) -> Any:
         if st.mode == "notify":
             return await self.conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
         query = self.queries[st.name]
@@ -63,9 +72,18 @@ class _Session:
         status = await self.conn.execute(sql, *args)
         return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
 
-    async def drive(self, op: Op[T]) -> T:
+    async def run_first(self, op: Op[T], first: Statement) -> T:
+        """Run ``first`` (the statement ``op`` yielded first), then the rest of ``op``."""
         try:
-            statement = next(op)
+            result = await self.execute(first)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            conflict = Conflict(str(exc))
+            return await self._drive(op, lambda: op.throw(conflict))
+        return await self._drive(op, lambda: op.send(result))
+
+    async def _drive(self, op: Op[T], advance: Callable[[], Statement]) -> T:
+        try:
+            statement = advance()
             while True:
                 try:
                     result = await self.execute(statement)
@@ -121,14 +139,25 @@ class PostgresDriver:
     async def _run(self, op: Op[T], *, transaction: bool) -> T:
         assert self._pool is not None, "driver not started"
         try:
-            async with self._pool.acquire(timeout=10) as conn:
-                session = _Session(conn, self._queries)
-                if not transaction:
-                    return await session.drive(op)
-                async with conn.transaction():
-                    return await session.drive(op)
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
+            first = next(op)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        # A connection that died while idle in the pool (a database restart, a failover)
+        # fails on first use. Nothing has run yet then, so one retry on a fresh connection
+        # is safe for reads and writes alike.
+        for retry in (True, False):
+            session: _Session | None = None
+            try:
+                async with self._pool.acquire(timeout=10) as conn:
+                    session = _Session(conn, self._queries)
+                    if not transaction:
+                        return await session.run_first(op, first)
+                    async with conn.transaction():
+                        return await session.run_first(op, first)
+            except _UNAVAILABLE as exc:
+                if (session is not None and session.executed) or not retry:
+                    raise DatabaseUnavailable(str(exc)) from exc
+        raise AssertionError("unreachable")
 
     async def read(self, op: Op[T]) -> T:
         """Run a read-only operation (single statements need no transaction)."""

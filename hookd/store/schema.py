@@ -154,8 +154,10 @@ deliveries = Table(
         sqlite_where=text("status = 'pending' AND lease_until IS NULL"),
         postgresql_where=text("status = 'pending' AND lease_until IS NULL"),
     ),
+    # In-flight deliveries per webhook (the cap), and expired leases.
     Index(
         "ix_deliveries_leased",
+        "webhook_id",
         "lease_until",
         sqlite_where=text("lease_until IS NOT NULL"),
         postgresql_where=text("lease_until IS NOT NULL"),

@@ -113,6 +113,11 @@ def _connect(path: str, *, writer: bool, synchronous: str = "normal") -> sqlite3
     return conn
 
 
+def _identity(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 _Job = tuple[Op[Any], "asyncio.Future[Any]"]
 
 
@@ -132,6 +137,7 @@ class SqliteDriver:
         self._writer: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = asyncio.Event()
+        self._identity: tuple[int, int] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -139,7 +145,8 @@ class SqliteDriver:
             # mode=rw: never create an empty database here; migrations create the file.
             self._writer = _connect(self.path, writer=True, synchronous=self.synchronous)
             self._reader = _connect(self.path, writer=False)
-        except sqlite3.Error as exc:
+            self._identity = _identity(self.path)
+        except (sqlite3.Error, OSError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
@@ -187,7 +194,20 @@ class SqliteDriver:
         return signalled
 
     async def ping(self) -> None:
+        self._check_file()
         await self.read(_ping())
+
+    def _check_file(self) -> None:
+        # Open connections keep using a file that was deleted or replaced; everything written
+        # after that would vanish at the next start. Refuse instead.
+        try:
+            same = _identity(self.path) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise DatabaseUnavailable(
+                f"{self.path} was deleted or replaced while hookd was running"
+            )
 
     # Group commit.
 
@@ -200,6 +220,7 @@ class SqliteDriver:
                 results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
                 notify = False
                 try:
+                    self._check_file()
                     conn.execute("BEGIN IMMEDIATE")
                     session = _Session(conn, self._queries)
                     for op, future in batch:
@@ -220,7 +241,7 @@ class SqliteDriver:
                         await self._loop.run_in_executor(self._executor, conn.execute, "COMMIT")
                     else:
                         conn.execute("COMMIT")
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, DatabaseUnavailable) as exc:
                     with contextlib.suppress(sqlite3.Error):
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")

@@ -156,7 +156,10 @@ def upgrade() -> None:
         "ix_deliveries_queue", "deliveries", ["webhook_id", "next_attempt_at"], **_partial(_QUEUED)
     )
     op.create_index(
-        "ix_deliveries_leased", "deliveries", ["lease_until"], **_partial("lease_until IS NOT NULL")
+        "ix_deliveries_leased",
+        "deliveries",
+        ["webhook_id", "lease_until"],
+        **_partial("lease_until IS NOT NULL"),
     )
     op.create_index(
         "ix_deliveries_tests",
