@@ -11,8 +11,14 @@ import click
 
 from hookd import __version__
 from hookd.clock import iso_ms
-from hookd.errors import ApiError, HookdError, SettingsError
-from hookd.settings import API_VERSIONS, DEFAULT_API_VERSION, Settings, load_settings
+from hookd.errors import ApiError, DatabaseUnavailable, HookdError, SettingsError
+from hookd.settings import (
+    API_VERSIONS,
+    DEFAULT_API_VERSION,
+    Settings,
+    database_problem,
+    load_settings,
+)
 from hookd.store import Store, open_driver
 from hookd.store.migrate import upgrade_async
 
@@ -35,8 +41,7 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _database_error(settings: Settings, exc: BaseException) -> None:
-    where = settings.database_url.split("@")[-1]
-    _fail(f"cannot use the database {where}: {type(exc).__name__}: {exc}".rstrip(": "))
+    _fail(database_problem(settings, exc))
 
 
 async def _prepare(settings: Settings) -> None:
@@ -55,6 +60,8 @@ def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> 
 
     try:
         return asyncio.run(run())
+    except DatabaseUnavailable as exc:
+        _database_error(settings, exc)
     except ApiError as exc:
         _fail(exc.message)
     except (HookdError, OSError) as exc:

@@ -19,7 +19,7 @@ from hookd.delivery.sender import Sender
 from hookd.delivery.worker import Worker, WorkerConfig
 from hookd.errors import HookdError
 from hookd.logs import configure_logging, get_logger
-from hookd.settings import DEFAULT_API_VERSION, Settings
+from hookd.settings import DEFAULT_API_VERSION, Settings, database_problem
 from hookd.store import Driver, Store, open_driver
 from hookd.store.migrate import upgrade_async
 
@@ -70,8 +70,7 @@ def _migrate(settings: Settings) -> None:
     try:
         uvloop.run(upgrade_async(settings.database_url))
     except (HookdError, OSError) as exc:
-        where = settings.database_url.split("@")[-1]
-        click.echo(f"hookd: cannot use the database {where}: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"hookd: {database_problem(settings, exc)}", err=True)
         sys.exit(1)
 
 
@@ -116,6 +115,10 @@ def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) 
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down, so that the default handler
+    # ends the process "killed by signal". A graceful stop is a success: exit 0 instead.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if not server.started:
         sys.exit(1)

@@ -6,6 +6,7 @@ An invalid value stops hookd with one line naming the variable (see :func:`load_
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -13,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hookd.errors import SettingsError
 
-__all__ = ["API_VERSIONS", "DEFAULT_API_VERSION", "Settings", "load_settings"]
+__all__ = ["API_VERSIONS", "DEFAULT_API_VERSION", "Settings", "database_problem", "load_settings"]
 
 DEFAULT_API_VERSION = "2026-01-01.nova"
 API_VERSIONS = ("2026-01-01.nova", "2025-12-12.clover")
@@ -49,11 +50,26 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        if value.startswith("sqlite:///"):
+            if len(value) == len("sqlite:///"):
+                raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///hookd.db")
+            return value
+        if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
-        if value.startswith("sqlite:///") and len(value) == len("sqlite:///"):
-            raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///hookd.db")
+        try:
+            port = urllib.parse.urlsplit(value).port
+        except ValueError:
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise ValueError("has an invalid port; use postgresql://user@host:5432/database")
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a host name or address, e.g. 127.0.0.1 or 0.0.0.0")
+        return value.strip()
 
     @field_validator("log_level", "log_format", "sqlite_synchronous", mode="before")
     @classmethod
@@ -101,6 +117,13 @@ class Settings(BaseSettings):
         return self.database_url[len("sqlite:///") :]
 
 
+def database_problem(settings: Settings, exc: BaseException) -> str:
+    """One line saying why the database cannot be used, without the URL's password."""
+    where = settings.database_url.split("@")[-1]
+    reason = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+    return f"cannot use the database {where}: {reason}"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment, with ``overrides`` (CLI flags) on top.
 
@@ -113,5 +136,10 @@ def load_settings(**overrides: Any) -> Settings:
         field = str(err["loc"][0]) if err["loc"] else "?"
         message = str(err["msg"]).removeprefix("Value error, ")
         raw = err.get("input")
-        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) else ""
+        # A database URL may hold a password: never repeat it.
+        shown = (
+            f" (got {raw!r})"
+            if isinstance(raw, str | int | float) and field != "database_url"
+            else ""
+        )
         raise SettingsError(f"HOOKD_{field.upper()}: {message}{shown}") from None

@@ -9,12 +9,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from hookd.errors import DatabaseUnavailable
 
 __all__ = ["head_revision", "upgrade", "upgrade_async"]
 
@@ -69,7 +73,11 @@ def _sqlite_upgrade(path: str) -> None:
 
 
 async def _pg_upgrade(url: str) -> None:
-    engine = create_async_engine(_asyncpg_url(url))
+    # asyncpg reads the URL itself (sslmode and the other libpq parameters), exactly as the
+    # store's driver does; SQLAlchemy only needs to know the dialect.
+    engine = create_async_engine(
+        "postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(url)
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_upgrade_connection)
@@ -78,19 +86,21 @@ async def _pg_upgrade(url: str) -> None:
         await engine.dispose()
 
 
-def _asyncpg_url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
-
-
 async def upgrade_async(database_url: str) -> None:
-    """Bring the database at ``database_url`` to the newest schema."""
-    if database_url.startswith("sqlite:///"):
-        await asyncio.to_thread(_sqlite_upgrade, database_url[len("sqlite:///") :])
-    else:
-        await _pg_upgrade(database_url)
+    """Bring the database at ``database_url`` to the newest schema.
+
+    Raises :class:`DatabaseUnavailable` (with the reason in ``detail``) when the database
+    cannot be reached or opened.
+    """
+    try:
+        if database_url.startswith("sqlite:///"):
+            await asyncio.to_thread(_sqlite_upgrade, database_url[len("sqlite:///") :])
+        else:
+            await _pg_upgrade(database_url)
+    except (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        reason = str(getattr(cause, "__cause__", None) or cause).splitlines()[0]
+        raise DatabaseUnavailable(reason) from exc
 
 
 def upgrade(database_url: str) -> None:
