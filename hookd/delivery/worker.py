@@ -75,10 +75,14 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Workers alive (by heartbeat): each takes at most its share of a webhook's cap, so
+        # that several workers split the work instead of the first keeping every slot.
+        self._live_workers = 1
 
     # Life cycle.
 
     async def start(self) -> None:
+        await self._beat()
         await self.sender.start()
         self._tasks = [
             asyncio.create_task(self._run(), name="hookd-dispatch"),
@@ -109,6 +113,7 @@ class Worker:
         try:
             await self._flush()
             await self.store.release(unfinished)
+            await self.store.retire(self.worker_id)
         except DatabaseUnavailable:
             log.warning(
                 "database unavailable at shutdown; leases will expire instead",
@@ -154,6 +159,8 @@ class Worker:
                     per_webhook=self.config.max_in_flight_per_webhook,
                     margin_ms=self.config.lease_margin_ms,
                     token=self._token(),
+                    worker=self.worker_id,
+                    share=-(-self.config.max_in_flight_per_webhook // self._live_workers),
                 )
                 if room > 0
                 else None
@@ -241,6 +248,7 @@ class Worker:
         last_purge = 0.0
         while not self._stopping:
             try:
+                await self._beat()
                 released = await self.store.release_expired()
                 if released:
                     log.info("expired leases returned to the queue", deliveries=released)
@@ -253,6 +261,11 @@ class Worker:
             except Exception:
                 log.exception("maintenance failed")
             await asyncio.sleep(self.config.maintenance_interval)
+
+    async def _beat(self) -> None:
+        # A worker whose heartbeat is three intervals old no longer counts.
+        stale_before = self.clock() - round(3 * self.config.maintenance_interval * 1000)
+        self._live_workers = await self.store.beat(self.worker_id, stale_before)
 
     async def purge(self) -> int:
         """Delete events, deliveries and attempts older than the retention, a batch at a time."""

@@ -216,6 +216,12 @@ class Store:
         if claimed:
             await self.driver.write(queue.release(claimed))
 
+    async def beat(self, worker: str, stale_before: int) -> int:
+        return await self.driver.write(queue.beat(worker, self.clock(), stale_before))
+
+    async def retire(self, worker: str) -> None:
+        await self.driver.write(queue.retire(worker))
+
     async def release_expired(self) -> int:
         return await self.driver.write(queue.release_expired(self.clock()))
 

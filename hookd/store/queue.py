@@ -15,19 +15,41 @@ from typing import Any
 from hookd.store.queries import Op, many, rows, run, value
 from hookd.store.records import ClaimedDelivery
 
-__all__ = ["ClaimRequest", "Settlement", "cycle", "next_due", "purge", "release", "release_expired"]
+__all__ = [
+    "ClaimRequest",
+    "Settlement",
+    "beat",
+    "cycle",
+    "next_due",
+    "purge",
+    "release",
+    "release_expired",
+    "retire",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     """Lease at most ``capacity`` due deliveries, at most ``per_webhook`` in flight per webhook
-    across all workers, for the webhook's timeout plus ``margin_ms``."""
+    across all workers and at most ``share`` of them to this worker (named by ``worker``, the
+    prefix of its tokens), for the webhook's timeout plus ``margin_ms``."""
 
     now: int
     capacity: int
     per_webhook: int
     margin_ms: int
     token: str
+    worker: str = ""
+    share: int | None = None
+
+    @property
+    def fair_share(self) -> int:
+        return self.per_webhook if self.share is None else max(1, min(self.share, self.per_webhook))
+
+    @property
+    def mine(self) -> str:
+        """A LIKE pattern matching this worker's lease tokens."""
+        return f"{self.worker or self.token}-%"
 
 
 @dataclass(slots=True)
@@ -53,7 +75,18 @@ def settle(settlement: Settlement) -> Op[None]:
 def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
     yield value("claim_lock")
     params = {"now": req.now, "margin": req.margin_ms, "token": req.token}
-    found = list((yield rows("claim", capacity=req.capacity, cap=req.per_webhook, **params)))
+    found = list(
+        (
+            yield rows(
+                "claim",
+                capacity=req.capacity,
+                cap=req.per_webhook,
+                share=req.fair_share,
+                mine=req.mine,
+                **params,
+            )
+        )
+    )
     if len(found) < req.capacity:
         found += yield rows("claim_tests", capacity=req.capacity - len(found), **params)
     return found
@@ -62,14 +95,17 @@ def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
 def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
     # The same plan as PostgreSQL's single statement, step by step: SQLite has no LATERAL,
     # and its one writer makes the steps atomic.
-    inflight = {r["webhook_id"]: r["n"] for r in (yield rows("queue_inflight"))}
+    inflight = {
+        r["webhook_id"]: (r["n"], r["m"]) for r in (yield rows("queue_inflight", mine=req.mine))
+    }
     heads = sorted(
         (h for h in (yield rows("queue_heads")) if h["head"] is not None and h["head"] <= req.now),
         key=lambda h: h["head"],
     )
     ids: list[str] = []
     for head in heads:
-        free = min(req.per_webhook - inflight.get(head["webhook_id"], 0), req.capacity - len(ids))
+        everyone, mine = inflight.get(head["webhook_id"], (0, 0))
+        free = min(req.per_webhook - everyone, req.fair_share - mine, req.capacity - len(ids))
         if free <= 0:
             continue
         taken = yield rows(
@@ -122,6 +158,18 @@ def next_due() -> Op[int | None]:
 def release(claimed: Sequence[ClaimedDelivery]) -> Op[None]:
     """Give back leased deliveries unattempted, due at once (graceful shutdown)."""
     yield many("queue_release", [{"id": c.id, "token": c.lease_token} for c in claimed])
+
+
+def beat(worker: str, now: int, stale_before: int) -> Op[int]:
+    """Record that ``worker`` is alive; returns how many workers are (for fair shares)."""
+    yield run("worker_beat", id=worker, now=now)
+    yield run("workers_purge", before=stale_before - 86_400_000)
+    live: int = yield value("worker_count", since=stale_before)
+    return max(1, live)
+
+
+def retire(worker: str) -> Op[None]:
+    yield run("worker_remove", id=worker)
 
 
 def release_expired(now: int) -> Op[int]:

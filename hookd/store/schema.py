@@ -57,6 +57,15 @@ rate_counters = Table(
     Column("count", Integer, nullable=False),
 )
 
+# Live workers (heartbeats), so that each takes a fair share of a webhook's in-flight cap.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),
+)
+
 webhooks = Table(
     "webhooks",
     metadata,

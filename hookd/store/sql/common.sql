@@ -147,8 +147,23 @@ UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL
 WHERE webhook_id = :webhook_id AND status = 'pending';
 
 -- name: queue_inflight
--- Attempts under way per webhook, across every worker (the per-webhook cap).
-SELECT webhook_id, count(*) AS n FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id;
+-- Attempts under way per webhook: across every worker (the per-webhook cap), and this
+-- worker's own (its fair share of the cap).
+SELECT webhook_id, count(*) AS n, sum(CASE WHEN lease_token LIKE :mine THEN 1 ELSE 0 END) AS m
+FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id;
+
+-- name: worker_beat
+INSERT INTO workers (id, started_at, heartbeat_at) VALUES (:id, :now, :now)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: worker_count
+SELECT count(*) FROM workers WHERE heartbeat_at >= :since;
+
+-- name: worker_remove
+DELETE FROM workers WHERE id = :id;
+
+-- name: workers_purge
+DELETE FROM workers WHERE heartbeat_at < :before;
 
 -- name: queue_heads
 -- Each active webhook with waiting deliveries and its earliest due time (the view is

@@ -28,14 +28,17 @@ SELECT k.*, (SELECT count FROM counted) AS request_count FROM k;
 SELECT pg_advisory_xact_lock(7242318001);
 
 -- name: claim
--- Lease due deliveries: for each active webhook, up to its free in-flight slots, oldest
--- webhooks' work first, at most :capacity in all; returns what the sender needs.
+-- Lease due deliveries: for each active webhook, up to its free in-flight slots (and this
+-- worker's fair share of them), oldest webhooks' work first, at most :capacity in all;
+-- returns what the sender needs.
 WITH inflight AS (
-    SELECT webhook_id, count(*) AS n FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id
+    SELECT webhook_id, count(*) AS n, count(*) FILTER (WHERE lease_token LIKE :mine) AS m
+    FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id
 ), slots AS (
-    SELECT h.webhook_id AS id, h.timeout_ms, h.head, :cap - coalesce(i.n, 0) AS free
+    SELECT h.webhook_id AS id, h.timeout_ms, h.head,
+           LEAST(:cap - coalesce(i.n, 0), :share - coalesce(i.m, 0)) AS free
     FROM queue_heads h LEFT JOIN inflight i ON i.webhook_id = h.webhook_id
-    WHERE h.head <= :now AND coalesce(i.n, 0) < :cap
+    WHERE h.head <= :now AND coalesce(i.n, 0) < :cap AND coalesce(i.m, 0) < :share
 ), picked AS (
     SELECT d.id, s.timeout_ms
     FROM slots s

@@ -70,6 +70,12 @@ def upgrade() -> None:
         sa.Column("count", sa.Integer, nullable=False),
     )
     op.create_table(
+        "workers",
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("started_at", sa.BigInteger, nullable=False),
+        sa.Column("heartbeat_at", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
         "webhooks",
         sa.Column("id", sa.Text, primary_key=True),
         sa.Column("organization_id", sa.Text, sa.ForeignKey("organizations.id"), nullable=False),
@@ -193,6 +199,7 @@ def downgrade() -> None:
         "events",
         "webhooks",
         "rate_counters",
+        "workers",
         "api_keys",
         "organizations",
     ):
