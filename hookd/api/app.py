@@ -24,7 +24,7 @@ from hookd import __version__
 from hookd.api import deliveries, events, webhooks
 from hookd.api.auth import RateLimiter
 from hookd.api.render import JSONResponse
-from hookd.api.schemas import ErrorOut
+from hookd.api.schemas import ErrorOut, StatusOut
 from hookd.api.spec import BODY_MODELS
 from hookd.api.validation import MAX_BODY_BYTES
 from hookd.errors import ApiError, DatabaseUnavailable
@@ -221,7 +221,12 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
 
-    @app.get("/healthz", tags=["Operations"], summary="The process is alive")
+    @app.get(
+        "/healthz",
+        tags=["Operations"],
+        summary="The process is alive",
+        responses={200: {"model": StatusOut}},
+    )
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -229,7 +234,10 @@ def create_app(
         "/readyz",
         tags=["Operations"],
         summary="The database is reachable",
-        responses={503: {"model": ErrorOut, "description": "Database unavailable"}},
+        responses={
+            200: {"model": StatusOut},
+            503: {"model": ErrorOut, "description": "Database unavailable"},
+        },
     )
     async def readyz() -> Response:
         await store.ping()
@@ -266,7 +274,12 @@ def create_app(
             schema["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, sk_..."}
             }
+            # hookd answers invalid input with 400 (SPEC §2), never FastAPI's 422.
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
             for path, item in schema["paths"].items():
+                for operation in item.values():
+                    operation.get("responses", {}).pop("422", None)
                 if path.startswith("/v2/"):
                     for operation in item.values():
                         operation["security"] = [{"bearer": []}]

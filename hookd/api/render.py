@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from hookd.clock import iso_ms, iso_or_none
 from hookd.store.records import Attempt, Delivery, Webhook
@@ -13,10 +13,8 @@ from hookd.store.records import Attempt, Delivery, Webhook
 __all__ = ["JSONResponse", "attempt_json", "delivery_json", "webhook_json"]
 
 
-class JSONResponse(Response):
-    """Compact JSON via orjson."""
-
-    media_type = "application/json"
+class JSONResponse(StarletteJSONResponse):
+    """Compact JSON via orjson (a JSON response type, so OpenAPI documents it as JSON)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

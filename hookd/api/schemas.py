@@ -24,6 +24,7 @@ __all__ = [
     "EventOut",
     "RecoveryOut",
     "SecretRefresh",
+    "StatusOut",
     "TopicIn",
     "WebhookCreate",
     "WebhookDeleted",
@@ -201,6 +202,10 @@ class EventOut(BaseModel):
     id: str
     topic: Topic
     createdAt: str
+
+
+class StatusOut(BaseModel):
+    status: str
 
 
 class ErrorDetail(BaseModel):
