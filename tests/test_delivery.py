@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator
@@ -297,7 +298,7 @@ async def test_failures_are_retried_on_the_schedule_then_fail(
         "retrying",
         "retrying",
     ]
-    gaps = [b.at - a.at for a, b in zip(received, received[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(received)]
     # The test schedule is 0.2, 0.4, 0.8 s with ±10 % jitter (plus a little loop latency).
     for gap, expected in zip(gaps, (0.2, 0.4, 0.8), strict=True):
         assert expected * 0.85 <= gap <= expected * 1.1 + 0.35, (
