@@ -5,6 +5,7 @@ Components take a :data:`Clock` so tests can move time without patching.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,10 +20,15 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
+@functools.lru_cache(maxsize=1024)
+def _iso_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso_ms(ms: int) -> str:
     """``2025-01-15T10:30:00.000Z`` for a millisecond timestamp."""
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
 
 
 def iso_or_none(ms: int | None) -> str | None:

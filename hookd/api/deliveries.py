@@ -14,9 +14,10 @@ from hookd.api.auth import Principal, authenticate
 from hookd.api.events import encode_data
 from hookd.api.pagination import MAX_CURSOR, decode_cursor, page
 from hookd.api.render import JSONResponse, attempt_json, delivery_json
+from hookd.api.routing import HookdRoute
 from hookd.api.schemas import DeliveryDetailOut, DeliveryList, DeliveryOut, RecoveryOut, TopicIn
-from hookd.api.spec import ERRORS, body_spec, check_query, webhook_id_param
-from hookd.api.validation import check_limit, parse_body, read_body
+from hookd.api.spec import ERRORS, body_spec, webhook_id_param
+from hookd.api.validation import parse_body, read_body
 from hookd.api.webhooks import load_webhook
 from hookd.clock import parse_iso
 from hookd.delivery.envelope import event_body
@@ -26,7 +27,7 @@ from hookd.store import EventDraft, Store
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v2/webhooks/{id}", tags=["Delivery log"])
+router = APIRouter(prefix="/v2/webhooks/{id}", tags=["Delivery log"], route_class=HookdRoute)
 
 Auth = Annotated[Principal, Depends(authenticate)]
 _DAY_MS = 86_400_000
@@ -76,8 +77,6 @@ async def list_deliveries(
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
     status: Literal["pending", "succeeded", "failed", "cancelled"] | None = None,
 ) -> Response:
-    check_query(request, "limit", "cursor", "status")
-    check_limit(request)
     webhook = await load_webhook(request, principal, id)
     list_name = f"deliveries:{webhook.id}"
     before = decode_cursor(list_name, cursor)
@@ -91,7 +90,6 @@ async def list_deliveries(
     summary="Get a delivery with its payload and attempts",
 )
 async def get_delivery(request: Request, principal: Auth, id: str, deliveryId: str) -> Response:
-    check_query(request)
     webhook = await load_webhook(request, principal, id)
     found = await _store(request).get_delivery(webhook.id, _delivery_id(deliveryId))
     if found is None:
@@ -111,7 +109,6 @@ async def get_delivery(request: Request, principal: Auth, id: str, deliveryId: s
     summary="Retry a delivery now",
 )
 async def retry_delivery(request: Request, principal: Auth, id: str, deliveryId: str) -> Response:
-    check_query(request)
     await read_body(request)
     webhook = await load_webhook(request, principal, id)
     delivery = await _store(request).retry_delivery(webhook.id, _delivery_id(deliveryId))
@@ -135,7 +132,6 @@ async def retry_delivery(request: Request, principal: Auth, id: str, deliveryId:
     summary="Send a test event to a webhook",
 )
 async def send_test(request: Request, principal: Auth, id: str) -> Response:
-    check_query(request)
     webhook = await load_webhook(request, principal, id)
     body = parse_body(await read_body(request), TestIn)
     topic = body.topic or webhook.topics[0]
@@ -171,7 +167,6 @@ def _time(value: str, field: str) -> int:
     summary="Recover a webhook's events of a time window after an outage",
 )
 async def recover(request: Request, principal: Auth, id: str) -> Response:
-    check_query(request)
     webhook = await load_webhook(request, principal, id)
     body = parse_body(await read_body(request), RecoverIn)
     store = _store(request)

@@ -12,8 +12,9 @@ from starlette.responses import Response
 
 from hookd.api.auth import Principal, authenticate
 from hookd.api.render import JSONResponse
+from hookd.api.routing import HookdRoute
 from hookd.api.schemas import EventIn, EventOut
-from hookd.api.spec import ERRORS, body_spec, check_query
+from hookd.api.spec import ERRORS, body_spec
 from hookd.api.validation import check_url, parse_body, read_body
 from hookd.clock import iso_ms
 from hookd.errors import ApiError
@@ -23,7 +24,7 @@ from hookd.topics import is_conversation_topic
 
 __all__ = ["encode_data", "router"]
 
-router = APIRouter(prefix="/v2/events", tags=["Events"])
+router = APIRouter(prefix="/v2/events", tags=["Events"], route_class=HookdRoute)
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}\Z")
 
@@ -89,7 +90,6 @@ async def publish(
     principal: Annotated[Principal, Depends(authenticate)],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    check_query(request)
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise ApiError(
             400,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request
 from pydantic import BaseModel
 
 from hookd.api.schemas import ErrorOut
 from hookd.errors import ApiError
 from hookd.ids import is_object_id
 
-__all__ = ["BODY_MODELS", "ERRORS", "body_spec", "check_query", "webhook_id_param"]
+__all__ = ["BODY_MODELS", "ERRORS", "body_spec", "webhook_id_param"]
 
 _ERROR = {"model": ErrorOut}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -40,21 +39,6 @@ def body_spec(model: type[BaseModel], *, required: bool = True) -> dict[str, Any
             },
         }
     }
-
-
-def check_query(request: Request, *allowed: str) -> None:
-    """Refuse query parameters the endpoint does not take, and repeated ones."""
-    params = request.query_params
-    for name in params:
-        if name not in allowed:
-            raise ApiError(
-                400,
-                "parameter_unknown",
-                f"{name!r} is not a parameter of this request; remove it.",
-                name or None,
-            )
-        if len(params.getlist(name)) > 1:
-            raise ApiError(400, "parameter_invalid", f"{name} is given more than once.", name)
 
 
 def webhook_id_param(value: str, kind: str = "webhook") -> str:

@@ -23,7 +23,6 @@ from hookd.topics import TOPIC_SET
 __all__ = [
     "MAX_BODY_BYTES",
     "check_header_map",
-    "check_limit",
     "check_text",
     "check_topic",
     "check_url",
@@ -133,13 +132,6 @@ def check_header_map(headers: dict[str, str]) -> dict[str, str]:
         if not _HEADER_VALUE.match(value):
             raise _fail("header_value_invalid", "must be printable ASCII without line breaks", name)
     return headers
-
-
-def check_limit(request: Request) -> None:
-    """``limit`` must be written as a plain integer (FastAPI alone also takes "10.0")."""
-    raw = request.query_params.get("limit")
-    if raw is not None and not re.fullmatch(r"[0-9]{1,3}", raw):
-        raise ApiError(400, "parameter_invalid", "limit must be an integer from 1 to 100.", "limit")
 
 
 async def read_body(request: Request) -> bytes:

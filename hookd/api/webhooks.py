@@ -10,6 +10,7 @@ from starlette.responses import Response
 from hookd.api.auth import Principal, authenticate
 from hookd.api.pagination import MAX_CURSOR, decode_cursor, page
 from hookd.api.render import JSONResponse, webhook_json
+from hookd.api.routing import HookdRoute
 from hookd.api.schemas import (
     SecretRefresh,
     WebhookCreate,
@@ -18,8 +19,8 @@ from hookd.api.schemas import (
     WebhookOut,
     WebhookUpdate,
 )
-from hookd.api.spec import ERRORS, body_spec, check_query, webhook_id_param
-from hookd.api.validation import check_limit, parse_body, read_body
+from hookd.api.spec import ERRORS, body_spec, webhook_id_param
+from hookd.api.validation import parse_body, read_body
 from hookd.errors import ApiError
 from hookd.ids import new_secret
 from hookd.settings import Settings
@@ -27,7 +28,7 @@ from hookd.store import Store, Webhook
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v2/webhooks", tags=["Webhooks"])
+router = APIRouter(prefix="/v2/webhooks", tags=["Webhooks"], route_class=HookdRoute)
 
 Auth = Annotated[Principal, Depends(authenticate)]
 DEFAULT_TIMEOUT_MS = 5000
@@ -65,8 +66,6 @@ async def list_webhooks(
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
     status: Literal["active", "paused", "suspended"] | None = None,
 ) -> Response:
-    check_query(request, "limit", "cursor", "status")
-    check_limit(request)
     before = decode_cursor("webhooks", cursor)
     found = await _store(request).list_webhooks(
         principal.organization.id, status, before, limit + 1
@@ -81,7 +80,6 @@ async def list_webhooks(
     summary="Create a webhook",
 )
 async def create_webhook(request: Request, principal: Auth) -> Response:
-    check_query(request)
     body = parse_body(await read_body(request), WebhookCreate, _context(request))
     config = body.requestConfig
     webhook = await _store(request).create_webhook(
@@ -101,7 +99,6 @@ async def create_webhook(request: Request, principal: Auth) -> Response:
 
 @router.get("/{id}", responses={200: {"model": WebhookOut}, **ERRORS}, summary="Get webhook by ID")
 async def get_webhook(request: Request, principal: Auth, id: str) -> Response:
-    check_query(request)
     return JSONResponse(webhook_json(await load_webhook(request, principal, id)))
 
 
@@ -112,7 +109,6 @@ async def get_webhook(request: Request, principal: Auth, id: str) -> Response:
     summary="Update a webhook",
 )
 async def update_webhook(request: Request, principal: Auth, id: str) -> Response:
-    check_query(request)
     webhook_id = webhook_id_param(id)
     body = parse_body(await read_body(request), WebhookUpdate, _context(request))
     given = body.model_fields_set
@@ -138,7 +134,6 @@ async def update_webhook(request: Request, principal: Auth, id: str) -> Response
     "/{id}", responses={200: {"model": WebhookDeleted}, **ERRORS}, summary="Delete a webhook"
 )
 async def delete_webhook(request: Request, principal: Auth, id: str) -> Response:
-    check_query(request)
     webhook_id = webhook_id_param(id)
     if not await _store(request).delete_webhook(principal.organization.id, webhook_id):
         raise missing()
@@ -152,7 +147,6 @@ async def delete_webhook(request: Request, principal: Auth, id: str) -> Response
     summary="Refresh webhook signing secret",
 )
 async def refresh_secret(request: Request, principal: Auth, id: str) -> Response:
-    check_query(request)
     webhook_id = webhook_id_param(id)
     parse_body(await read_body(request), SecretRefresh)
     updated = await _store(request).rotate_secret(

@@ -136,7 +136,7 @@ class PostgresDriver:
                 await asyncio.wait_for(self._pool.close(), 10)
             self._pool = None
 
-    async def _run(self, op: Op[T], *, transaction: bool) -> T:
+    async def _run(self, op: Op[T], *, transaction: bool, readonly: bool = False) -> T:
         assert self._pool is not None, "driver not started"
         try:
             first = next(op)
@@ -152,16 +152,17 @@ class PostgresDriver:
                     session = _Session(conn, self._queries)
                     if not transaction:
                         return await session.run_first(op, first)
-                    async with conn.transaction():
+                    async with conn.transaction(readonly=readonly):
                         return await session.run_first(op, first)
             except _UNAVAILABLE as exc:
                 if (session is not None and session.executed) or not retry:
                     raise DatabaseUnavailable(str(exc)) from exc
         raise AssertionError("unreachable")
 
-    async def read(self, op: Op[T]) -> T:
-        """Run a read-only operation (single statements need no transaction)."""
-        return await self._run(op, transaction=False)
+    async def read(self, op: Op[T], *, snapshot: bool = False) -> T:
+        """Run a read-only operation; with ``snapshot``, in one read-only transaction so that
+        all its statements see one state."""
+        return await self._run(op, transaction=snapshot, readonly=True)
 
     async def write(self, op: Op[T]) -> T:
         """Run an operation in one transaction; returns after it is committed."""

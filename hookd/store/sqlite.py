@@ -158,11 +158,13 @@ class SqliteDriver:
                 conn.close()
         self._reader = self._writer = None
 
-    async def read(self, op: Op[T]) -> T:
-        """Run a read-only operation in one snapshot."""
+    async def read(self, op: Op[T], *, snapshot: bool = False) -> T:
+        """Run a read-only operation; with ``snapshot``, all its statements see one state."""
         assert self._reader is not None, "driver not started"
         session = _Session(self._reader, self._queries)
         try:
+            if not snapshot:
+                return session.drive(op)
             self._reader.execute("BEGIN")
             try:
                 return session.drive(op)
