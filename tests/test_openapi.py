@@ -30,6 +30,7 @@ from schemathesis.checks import (
 from starlette.routing import BaseRoute, Mount
 
 from hookd.api import create_app
+from hookd.api.routing import V2Routes
 from hookd.clock import iso_ms, system_clock
 from hookd.store import Store, open_driver
 from tests.conftest import make_settings
@@ -106,6 +107,8 @@ def routed_operations(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator
                 yield method, prefix + route.path
         elif isinstance(route, Mount):
             yield from routed_operations(route.routes, prefix + route.path)
+        elif isinstance(route, V2Routes):
+            yield from routed_operations(route.routes, prefix)
         elif hasattr(route, "original_router"):
             # FastAPI >= 0.16x keeps an included router as one lazy route that wraps it.
             context = getattr(route, "include_context", None)

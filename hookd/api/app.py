@@ -24,6 +24,7 @@ from hookd import __version__
 from hookd.api import deliveries, events, webhooks
 from hookd.api.auth import RateLimiter
 from hookd.api.render import JSONResponse
+from hookd.api.routing import V2Routes
 from hookd.api.schemas import ErrorOut, StatusOut
 from hookd.api.spec import BODY_MODELS
 from hookd.api.validation import MAX_BODY_BYTES
@@ -257,8 +258,12 @@ def create_app(
 
     # Publishing is the hottest route: first in line.
     routers = [events.router, webhooks.router, deliveries.router]
-    for router in routers:
-        app.router.routes.extend(router.routes)
+    documented = list(app.routes)
+    v2 = V2Routes(
+        [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
+    )
+    app.router.routes.insert(0, v2)
+    documented += v2.routes
     app.state.methods_by_path = _methods_by_path(routers, app)
 
     def openapi() -> dict[str, Any]:
@@ -267,7 +272,7 @@ def create_app(
                 title=app.title,
                 version=app.version,
                 summary=app.summary,
-                routes=app.routes,
+                routes=documented,
                 openapi_version="3.1.0",
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})

@@ -22,11 +22,13 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from pydantic_core import PydanticUndefined
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
 
 from hookd.api.auth import authenticate
 from hookd.errors import ApiError
 
-__all__ = ["HookdRoute"]
+__all__ = ["HookdRoute", "V2Routes"]
 
 _INTEGER = re.compile(r"[0-9]{1,9}\Z")
 
@@ -171,3 +173,31 @@ class HookdRoute(APIRoute):
             return response
 
         return handler
+
+
+class V2Routes(BaseRoute):
+    """Every ``/v2`` route behind one entry of the app's route list, found by the number of
+    path segments instead of trying each route's pattern in turn."""
+
+    def __init__(self, routes: list[APIRoute]) -> None:
+        self.routes = routes
+        self._by_depth: dict[int, list[APIRoute]] = {}
+        for route in routes:
+            self._by_depth.setdefault(route.path.count("/"), []).append(route)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path: str = scope["path"]
+        if not path.startswith("/v2/") or scope["type"] != "http":
+            return Match.NONE, {}
+        partial: tuple[Match, Scope] | None = None
+        for route in self._by_depth.get(path.count("/"), ()):
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                return match, child
+            if match == Match.PARTIAL and partial is None:
+                partial = (match, child)
+        return partial or (Match.NONE, {})
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route: APIRoute = scope["route"]
+        await route.handle(scope, receive, send)

@@ -195,7 +195,9 @@ class Store:
     async def get_delivery(
         self, webhook_id: str, delivery_id: str
     ) -> tuple[Delivery, Event, list[Attempt]] | None:
-        return await self.driver.read(deliveries.get_delivery(webhook_id, delivery_id), snapshot=True)
+        return await self.driver.read(
+            deliveries.get_delivery(webhook_id, delivery_id), snapshot=True
+        )
 
     async def retry_delivery(self, webhook_id: str, delivery_id: str) -> Delivery | None:
         return await self.driver.write(
