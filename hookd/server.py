@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 
@@ -66,6 +67,15 @@ def _announce_key(key: str) -> None:
     sys.stdout.flush()
 
 
+def _tune_gc() -> None:
+    # Everything loaded so far lives as long as the process: keep the collector from
+    # re-scanning it, and collect the young generation less often (requests allocate a lot
+    # of short-lived objects, almost none of them in cycles).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _migrate(settings: Settings) -> None:
     try:
         uvloop.run(upgrade_async(settings.database_url))
@@ -79,6 +89,7 @@ def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) 
     configure_logging(settings.log_level, settings.log_format)
     _migrate(settings)
     if not api:
+        _tune_gc()
         uvloop.run(_worker_only(settings))
         return
     store = Store(open_driver_for(settings))
@@ -102,6 +113,7 @@ def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) 
         await store.close()
 
     app = create_app(settings, store, on_startup=on_startup, on_shutdown=on_shutdown)
+    _tune_gc()
     config = uvicorn.Config(
         app,
         host=settings.host,
