@@ -323,6 +323,9 @@ class StaticDnsBackend:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
 
 
+_VERDICTS_KEPT = 4096
+
+
 class AddressGuard:
     """Decides which addresses hookd may deliver to, and resolves hosts to those only.
 
@@ -335,6 +338,9 @@ class AddressGuard:
     ) -> None:
         self.allowed_networks: tuple[IPNetwork, ...] = tuple(allowed_networks)
         self.dns: DnsBackend = dns if dns is not None else SystemDnsBackend()
+        # check_literal runs before every request (keep-alive ones included); a host's
+        # verdict never changes for this guard, so it is worked out once.
+        self._verdicts: dict[str, IPAddress | AddressRefused | None] = {}
 
     def _exempt(self, ip: IPAddress) -> bool:
         return any(ip in network for network in self.allowed_networks)
@@ -369,6 +375,21 @@ class AddressGuard:
         that looks numeric but is no valid address (the socket layer would
         resolve such a host itself, outside the guard).
         """
+        if host in self._verdicts:
+            verdict = self._verdicts[host]
+        else:
+            try:
+                verdict = self._judge_literal(host)
+            except AddressRefused as exc:
+                verdict = exc
+            if len(self._verdicts) >= _VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        if isinstance(verdict, AddressRefused):
+            raise AddressRefused(str(verdict))
+        return verdict
+
+    def _judge_literal(self, host: str) -> IPAddress | None:
         ip = literal_address(host)
         if ip is None:
             if _looks_numeric(host):

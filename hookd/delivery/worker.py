@@ -35,6 +35,8 @@ log = get_logger("hookd.delivery")
 _stdlog = logging.getLogger("hookd.delivery")
 
 _PURGE_BATCH = 1000
+_SUCCEEDED = ATTEMPTS.labels("succeeded")
+_FAILED = ATTEMPTS.labels("failed")
 _DAY_MS = 86_400_000
 
 
@@ -219,8 +221,7 @@ class Worker:
         self._in_flight.pop(claimed.id, None)
         self._done.append((claimed, result))
         self._wake.set()
-        outcome = "succeeded" if result.succeeded else "failed"
-        ATTEMPTS.labels(outcome).inc()
+        (_SUCCEEDED if result.succeeded else _FAILED).inc()
         ATTEMPT_SECONDS.observe(result.response_time_ms / 1000)
         if not result.succeeded:
             log.info(

@@ -18,7 +18,7 @@ import contextlib
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -32,6 +32,8 @@ __all__ = ["SqliteDriver"]
 T = TypeVar("T")
 
 _BATCH_MAX = 256
+# Batch statements with at least this many rows run on the helper thread.
+_OFFLOAD_ROWS = 32
 _UNAVAILABLE = (
     "unable to open",
     "disk i/o error",
@@ -71,7 +73,10 @@ class _Session:
             return None
         sql = self.queries[st.name].sql
         if st.mode == "many":
-            self.conn.executemany(sql, [_adapt(p) for p in st.batch])
+            batch = st.batch
+            if batch and any(isinstance(v, list | tuple) for v in batch[0].values()):
+                batch = [_adapt(p) for p in batch]
+            self.conn.executemany(sql, batch)
             return None
         cursor = self.conn.execute(sql, _adapt(st.params))
         if st.mode == "rows":
@@ -82,6 +87,26 @@ class _Session:
             row = cursor.fetchone()
             return None if row is None else row[0]
         return cursor.rowcount
+
+    async def drive_offloading(
+        self, op: Op[T], offload: Callable[[Statement], Awaitable[Any]]
+    ) -> T:
+        """Like :meth:`drive`, but large batch statements run through ``offload`` (on a
+        helper thread: SQLite's C code then runs beside the event loop, on another core)."""
+        try:
+            statement = next(op)
+            while True:
+                try:
+                    if statement.mode == "many" and len(statement.batch) >= _OFFLOAD_ROWS:
+                        result = await offload(statement)
+                    else:
+                        result = self.execute(statement)
+                except sqlite3.IntegrityError as exc:
+                    statement = op.throw(Conflict(str(exc)))
+                    continue
+                statement = op.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     def drive(self, op: Op[T]) -> T:
         try:
@@ -225,10 +250,19 @@ class SqliteDriver:
                     self._check_file()
                     conn.execute("BEGIN IMMEDIATE")
                     session = _Session(conn, self._queries)
+
+                    def offload(
+                        statement: Statement, session: _Session = session
+                    ) -> Awaitable[Any]:
+                        assert self._loop is not None
+                        return self._loop.run_in_executor(
+                            self._executor, session.execute, statement
+                        )
+
                     for op, future in batch:
                         conn.execute("SAVEPOINT job")
                         try:
-                            value = session.drive(op)
+                            value = await session.drive_offloading(op, offload)
                         except Exception as exc:
                             conn.execute("ROLLBACK TO job")
                             conn.execute("RELEASE job")
