@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import sqlite3
 import urllib.parse
@@ -29,11 +30,17 @@ from hookd.store.records import Conflict
 
 __all__ = ["SqliteDriver"]
 
+log = logging.getLogger("hookd.store")
+
 T = TypeVar("T")
 
 _BATCH_MAX = 256
-# Batch statements with at least this many rows run on the helper thread.
+# Batch statements with at least this many rows, and these queries, run on the helper thread.
 _OFFLOAD_ROWS = 32
+_HEAVY_QUERIES = frozenset({"claim_details", "purge_attempts", "purge_deliveries", "purge_events"})
+# Checkpoints (copying the WAL into the database file) run on the helper thread too, at
+# most this often, instead of inside whichever COMMIT crosses SQLite's threshold.
+_CHECKPOINT_EVERY = 0.2
 _UNAVAILABLE = (
     "unable to open",
     "disk i/o error",
@@ -66,10 +73,15 @@ class _Session:
         self.conn = conn
         self.queries = queries
         self.notify = False
+        # The current operation's deferrable batch rows, by query name.
+        self.deferred: dict[str, list[Mapping[str, Any]]] = {}
 
     def execute(self, st: Statement) -> Any:
         if st.mode == "notify":
             self.notify = True
+            return None
+        if st.deferrable:
+            self.deferred.setdefault(st.name, []).extend(st.batch)
             return None
         sql = self.queries[st.name].sql
         if st.mode == "many":
@@ -97,7 +109,7 @@ class _Session:
             statement = next(op)
             while True:
                 try:
-                    if statement.mode == "many" and len(statement.batch) >= _OFFLOAD_ROWS:
+                    if _heavy(statement):
                         result = await offload(statement)
                     else:
                         result = self.execute(statement)
@@ -120,6 +132,15 @@ class _Session:
                 statement = op.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+
+def _heavy(st: Statement) -> bool:
+    """Whether a statement is worth running on the helper thread (a thread hop costs ~50 us)."""
+    if st.deferrable:
+        return False
+    if st.mode == "many":
+        return len(st.batch) >= _OFFLOAD_ROWS
+    return st.name in _HEAVY_QUERIES
 
 
 def _connect(path: str, *, writer: bool, synchronous: str = "normal") -> sqlite3.Connection:
@@ -163,13 +184,21 @@ class SqliteDriver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = asyncio.Event()
         self._identity: tuple[int, int] | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        # Its own thread: a long checkpoint must not hold up the writes waiting for the helper.
+        self._checkpoint_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hookd-checkpoint")
+        self._checkpointing: asyncio.Future[None] | None = None
+        self._last_checkpoint = 0.0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:
             # mode=rw: never create an empty database here; migrations create the file.
             self._writer = _connect(self.path, writer=True, synchronous=self.synchronous)
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
             self._reader = _connect(self.path, writer=False)
+            self._checkpointer = _connect(self.path, writer=False)
+            self._checkpointer.execute("PRAGMA query_only=OFF")
             self._identity = _identity(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
@@ -177,11 +206,18 @@ class SqliteDriver:
     async def close(self) -> None:
         while self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self._checkpointing is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointing
         self._executor.shutdown(wait=True)
-        for conn in (self._reader, self._writer):
+        self._checkpoint_executor.shutdown(wait=True)
+        if self._checkpointer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        for conn in (self._reader, self._writer, self._checkpointer):
             if conn is not None:
                 conn.close()
-        self._reader = self._writer = None
+        self._reader = self._writer = self._checkpointer = None
 
     async def read(self, op: Op[T], *, snapshot: bool = False) -> T:
         """Run a read-only operation; with ``snapshot``, all its statements see one state."""
@@ -259,8 +295,10 @@ class SqliteDriver:
                             self._executor, session.execute, statement
                         )
 
+                    deferred: dict[str, list[Mapping[str, Any]]] = {}
                     for op, future in batch:
                         conn.execute("SAVEPOINT job")
+                        session.deferred = {}
                         try:
                             value = await session.drive_offloading(op, offload)
                         except Exception as exc:
@@ -271,12 +309,21 @@ class SqliteDriver:
                         else:
                             conn.execute("RELEASE job")
                             notify = session.notify
+                            for name, rows in session.deferred.items():
+                                deferred.setdefault(name, []).extend(rows)
                             results.append((future, value, None))
+                    # The operations' deferrable rows, each statement once for the batch.
+                    for name, rows in deferred.items():
+                        merged = Statement(name, "many", {}, rows)
+                        await (
+                            offload(merged) if _heavy(merged) else _done(session.execute(merged))
+                        )
                     if self.synchronous == "full":
                         # The fsync: let the loop serve requests meanwhile.
                         await self._loop.run_in_executor(self._executor, conn.execute, "COMMIT")
                     else:
                         conn.execute("COMMIT")
+                    self._maybe_checkpoint()
                 except (sqlite3.Error, DatabaseUnavailable) as exc:
                     with contextlib.suppress(sqlite3.Error):
                         if conn.in_transaction:
@@ -296,11 +343,34 @@ class SqliteDriver:
         finally:
             self._flusher = None
 
+    def _maybe_checkpoint(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if self._checkpointing is not None or now - self._last_checkpoint < _CHECKPOINT_EVERY:
+            return
+        self._last_checkpoint = now
+        self._checkpointing = self._loop.run_in_executor(self._checkpoint_executor, self._checkpoint)
+        self._checkpointing.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint(self) -> None:
+        # PASSIVE: copies what it can without blocking the writer or the readers.
+        assert self._checkpointer is not None
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpoint_done(self, future: asyncio.Future[None]) -> None:
+        self._checkpointing = None
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("WAL checkpoint failed: %s", future.exception())
+
     @staticmethod
     def _translate(exc: BaseException) -> BaseException:
         if isinstance(exc, sqlite3.Error) and _is_unavailable(exc):
             return DatabaseUnavailable(str(exc))
         return exc
+
+
+async def _done(value: Any) -> Any:
+    return value
 
 
 def _ping() -> Op[None]:
