@@ -47,6 +47,7 @@ class _Session:
         self.conn = conn
         self.queries = queries
         self.executed = 0
+        self.notify = False
 
     async def execute(self, st: Statement) -> Any:
         result = await self._execute(st)
@@ -55,7 +56,10 @@ class _Session:
 
     async def _execute(self, st: Statement) -> Any:
         if st.mode == "notify":
-            return await self.conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
+            # Sent after the commit, coalesced (see PostgresDriver._announce): a NOTIFY inside
+            # the transaction would serialise every publishing commit on the notify queue.
+            self.notify = True
+            return None
         query = self.queries[st.name]
         sql = query.positional_sql
         if st.mode == "many":
@@ -95,6 +99,10 @@ class _Session:
             return stop.value  # type: ignore[no-any-return]
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
+
+
 class PostgresDriver:
     """Runs store operations on PostgreSQL through a connection pool."""
 
@@ -108,6 +116,8 @@ class PostgresDriver:
         self._work = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
+        self._announcing: asyncio.Task[None] | None = None
+        self._announce_again = False
 
     async def start(self) -> None:
         try:
@@ -117,11 +127,18 @@ class PostgresDriver:
                 max_size=self.pool_size,
                 max_inactive_connection_lifetime=300,
                 command_timeout=60,
+                # hookd keeps no session state on pooled connections (no SET, LISTEN or
+                # session locks), so the reset query asyncpg sends on every release would
+                # only add a round trip to each operation.
+                reset=_keep_session,
             )
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
+        if self._announcing is not None:
+            with contextlib.suppress(Exception):
+                await self._announcing
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -153,7 +170,10 @@ class PostgresDriver:
                     if not transaction:
                         return await session.run_first(op, first)
                     async with conn.transaction(readonly=readonly):
-                        return await session.run_first(op, first)
+                        result = await session.run_first(op, first)
+                    if session.notify:
+                        self._announce()
+                    return result
             except _UNAVAILABLE as exc:
                 if (session is not None and session.executed) or not retry:
                     raise DatabaseUnavailable(str(exc)) from exc
@@ -170,6 +190,34 @@ class PostgresDriver:
 
     def notify_work(self) -> None:
         self._work.set()
+
+    def _announce(self) -> None:
+        """Tell every worker (this process's at once, others by NOTIFY) that work is waiting.
+
+        NOTIFYs are coalesced: at most one is in flight, and requests made meanwhile are
+        covered by one more sent after it, so a burst of publishes costs two notifications.
+        """
+        self._work.set()
+        if self._announcing is None:
+            self._announcing = asyncio.get_running_loop().create_task(self._send_notifies())
+        else:
+            self._announce_again = True
+
+    async def _send_notifies(self) -> None:
+        assert self._pool is not None
+        try:
+            while True:
+                self._announce_again = False
+                try:
+                    async with self._pool.acquire(timeout=10) as conn:
+                        await conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
+                except _UNAVAILABLE as exc:
+                    # Other workers still find the work by their poll.
+                    log.warning("NOTIFY failed (%s)", type(exc).__name__)
+                if not self._announce_again:
+                    return
+        finally:
+            self._announcing = None
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait for a NOTIFY (or a local signal) or ``timeout`` seconds; True if signalled."""

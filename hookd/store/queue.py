@@ -75,20 +75,9 @@ def settle(settlement: Settlement) -> Op[None]:
 def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
     yield value("claim_lock")
     params = {"now": req.now, "margin": req.margin_ms, "token": req.token}
-    found = list(
-        (
-            yield rows(
-                "claim",
-                capacity=req.capacity,
-                cap=req.per_webhook,
-                share=req.fair_share,
-                mine=req.mine,
-                **params,
-            )
-        )
+    found: list[Any] = yield rows(
+        "claim", capacity=req.capacity, cap=req.per_webhook, share=req.fair_share, mine=req.mine, **params
     )
-    if len(found) < req.capacity:
-        found += yield rows("claim_tests", capacity=req.capacity - len(found), **params)
     return found
 
 

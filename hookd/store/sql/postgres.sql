@@ -29,8 +29,9 @@ SELECT pg_advisory_xact_lock(7242318001);
 
 -- name: claim
 -- Lease due deliveries: for each active webhook, up to its free in-flight slots (and this
--- worker's fair share of them), oldest webhooks' work first, at most :capacity in all;
--- returns what the sender needs.
+-- worker's fair share of them), oldest webhooks' work first, at most :capacity in all; and
+-- test deliveries to webhooks that are not active (active ones come through the queue).
+-- Returns what the sender needs.
 WITH inflight AS (
     SELECT webhook_id, count(*) AS n, count(*) FILTER (WHERE lease_token LIKE :mine) AS m
     FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id
@@ -39,7 +40,7 @@ WITH inflight AS (
            LEAST(:cap - coalesce(i.n, 0), :share - coalesce(i.m, 0)) AS free
     FROM queue_heads h LEFT JOIN inflight i ON i.webhook_id = h.webhook_id
     WHERE h.head <= :now AND coalesce(i.n, 0) < :cap AND coalesce(i.m, 0) < :share
-), picked AS (
+), queued AS (
     SELECT d.id, s.timeout_ms
     FROM slots s
     CROSS JOIN LATERAL (
@@ -51,23 +52,16 @@ WITH inflight AS (
     ) d
     ORDER BY s.head
     LIMIT :capacity
-)
-UPDATE deliveries d
-SET lease_until = :now + p.timeout_ms + :margin, lease_token = :token
-FROM picked p, events e, webhooks w
-WHERE d.id = p.id AND e.id = d.event_id AND w.id = d.webhook_id
-RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
-          e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
-          w.organization_id, w.url, w.secret, w.headers, w.timeout_ms;
-
--- name: claim_tests
--- Test deliveries to webhooks that are not active (active ones go through the queue).
-WITH picked AS (
+), tests AS (
     SELECT d.id, w.timeout_ms FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
     WHERE d.is_test AND d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at <= :now
       AND w.status <> 'active' AND w.deleted_at IS NULL
     ORDER BY d.next_attempt_at LIMIT :capacity
     FOR UPDATE OF d SKIP LOCKED
+), picked AS (
+    SELECT id, timeout_ms FROM queued
+    UNION ALL
+    (SELECT id, timeout_ms FROM tests LIMIT greatest(0, :capacity - (SELECT count(*) FROM queued)))
 )
 UPDATE deliveries d
 SET lease_until = :now + p.timeout_ms + :margin, lease_token = :token
@@ -76,9 +70,6 @@ WHERE d.id = p.id AND e.id = d.event_id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
           e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
           w.organization_id, w.url, w.secret, w.headers, w.timeout_ms;
-
--- name: notify_work
-SELECT pg_notify('hookd_work', '');
 
 -- name: recover_candidates
 SELECT e.id, e.topic FROM events e
