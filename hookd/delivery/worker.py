@@ -1,14 +1,19 @@
 """The delivery worker: claims due deliveries in batches, sends them, records outcomes.
 
 One loop owns the database side. Each turn it writes the outcomes that finished since the
-last turn and claims as much new work as there is room for, in one transaction, then
-starts an attempt task per claimed delivery. No transaction is open while a request is in
-flight. The loop sleeps until an attempt finishes, new work is signalled (PostgreSQL
-LISTEN/NOTIFY, or in-process on SQLite), the next delivery falls due, or the poll interval
-passes (the safety net).
+last turn and claims as much new work as there is room for, in one transaction. No
+transaction is open while a request is in flight. The loop sleeps until an attempt
+finishes, new work is signalled (PostgreSQL LISTEN/NOTIFY, or in-process on SQLite), the
+next delivery falls due, or the poll interval passes (the safety net).
 
-Beside it, a maintenance task returns expired leases to the queue and purges rows older
-than the retention, in bounded batches.
+Per webhook, the worker runs at most its *share* of ``HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK``
+attempts at once: the live workers (known by their heartbeats) split the cap between
+them, so together they never exceed it. It leases up to ``prefetch`` times its share, and
+starts the next leased delivery of a webhook the moment one of its attempts finishes,
+without waiting for the database.
+
+Beside it, a maintenance task keeps the heartbeat, returns expired leases to the queue and
+purges rows older than the retention, in bounded batches.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 import random
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from hookd.clock import Clock, system_clock
@@ -51,6 +57,7 @@ class WorkerConfig:
     retention_days: int = 30
     maintenance_interval: float = 5.0
     purge_interval: float = 60.0
+    prefetch: int = 2
 
 
 class Worker:
@@ -73,18 +80,28 @@ class Worker:
         self.worker_id = os.urandom(6).hex()
         self._claims = 0
         self._in_flight: dict[str, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
+        self._running: dict[str, int] = defaultdict(int)  # attempts under way, per webhook
+        self._waiting: dict[str, deque[ClaimedDelivery]] = {}  # leased, not started yet
+        self._queued = 0
         self._done: list[tuple[ClaimedDelivery, AttemptResult]] = []
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        # Workers alive (by heartbeat): each takes at most its share of a webhook's cap, so
-        # that several workers split the work instead of the first keeping every slot.
-        self._live_workers = 1
+        self._share = config.max_in_flight_per_webhook
+        self._live: list[str] = [self.worker_id]
+        self._joining = False
 
     # Life cycle.
 
     async def start(self) -> None:
-        await self._beat()
+        if len(await self._beat()) > 1:
+            # The others shrink their shares at their next heartbeat; until then this worker's
+            # share would push the sum over the cap, so it starts delivering after that.
+            self._joining = True
+            self._share = 0
+            asyncio.get_running_loop().call_later(
+                self.config.maintenance_interval * 1.2, self._take_share
+            )
         await self.sender.start()
         self._tasks = [
             asyncio.create_task(self._run(), name="hookd-dispatch"),
@@ -104,9 +121,11 @@ class Worker:
         for task in dispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        never_started = [item for line in self._waiting.values() for item in line]
+        self._waiting.clear()
         if self._in_flight:
             await asyncio.wait([task for _c, task in self._in_flight.values()], timeout=grace)
-        unfinished = [claimed for claimed, _task in self._in_flight.values()]
+        unfinished = never_started + [claimed for claimed, _task in self._in_flight.values()]
         for _claimed, task in list(self._in_flight.values()):
             task.cancel()
         for task in helpers:
@@ -153,7 +172,7 @@ class Worker:
                 if done
                 else None
             )
-            room = self.config.concurrency - len(self._in_flight)
+            room = self.config.concurrency - len(self._in_flight) - self._queued
             claim = (
                 ClaimRequest(
                     now=self.clock(),
@@ -162,7 +181,8 @@ class Worker:
                     margin_ms=self.config.lease_margin_ms,
                     token=self._token(),
                     worker=self.worker_id,
-                    share=-(-self.config.max_in_flight_per_webhook // self._live_workers),
+                    share=self._share,
+                    depth=self.config.prefetch,
                 )
                 if room > 0
                 else None
@@ -185,8 +205,7 @@ class Worker:
                 continue
             backoff = 0.1
             for item in claimed:
-                task = asyncio.create_task(self._attempt(item))
-                self._in_flight[item.id] = (item, task)
+                self._dispatch(item)
             IN_FLIGHT.set(len(self._in_flight))
             if claim is not None and len(claimed) == claim.capacity:
                 continue  # more may be waiting
@@ -212,13 +231,50 @@ class Worker:
             if await self.store.wait_for_work(60.0):
                 self._wake.set()
 
+    def _dispatch(self, item: ClaimedDelivery) -> None:
+        """Start ``item`` now if its webhook has a free slot in this worker, else line it up."""
+        hook = item.webhook_id
+        if self._running[hook] < self._share:
+            self._start(item)
+        else:
+            self._waiting.setdefault(hook, deque()).append(item)
+            self._queued += 1
+
+    def _start(self, item: ClaimedDelivery) -> None:
+        self._running[item.webhook_id] += 1
+        self._in_flight[item.id] = (item, asyncio.create_task(self._attempt(item)))
+
+    def _finished(self, item: ClaimedDelivery) -> None:
+        hook = item.webhook_id
+        self._in_flight.pop(item.id, None)
+        self._running[hook] -= 1
+        line = self._waiting.get(hook)
+        if line and not self._stopping and self._running[hook] < self._share:
+            self._queued -= 1
+            self._start(line.popleft())
+            if not line:
+                del self._waiting[hook]
+        elif not self._running[hook]:
+            del self._running[hook]
+
+    def _take_share(self) -> None:
+        self._joining = False
+        self._share = self._share_of(self._live)
+        self._wake.set()
+
+    def _share_of(self, live: list[str]) -> int:
+        # The cap split between the live workers, the remainder to the first ones: the
+        # shares add up to the cap exactly. Past the cap's worth of workers, some get none.
+        cap = self.config.max_in_flight_per_webhook
+        rank = live.index(self.worker_id) if self.worker_id in live else len(live)
+        count = max(1, len(live))
+        return cap // count + (1 if rank < cap % count else 0)
+
     async def _attempt(self, claimed: ClaimedDelivery) -> None:
         try:
             result = await self.sender.send(claimed)
-        except asyncio.CancelledError:
-            self._in_flight.pop(claimed.id, None)
-            raise
-        self._in_flight.pop(claimed.id, None)
+        finally:
+            self._finished(claimed)
         self._done.append((claimed, result))
         self._wake.set()
         (_SUCCEEDED if result.succeeded else _FAILED).inc()
@@ -263,10 +319,13 @@ class Worker:
                 log.exception("maintenance failed")
             await asyncio.sleep(self.config.maintenance_interval)
 
-    async def _beat(self) -> None:
+    async def _beat(self) -> list[str]:
         # A worker whose heartbeat is three intervals old no longer counts.
         stale_before = self.clock() - round(3 * self.config.maintenance_interval * 1000)
-        self._live_workers = await self.store.beat(self.worker_id, stale_before)
+        self._live = await self.store.beat(self.worker_id, stale_before)
+        if not self._joining:
+            self._share = self._share_of(self._live)
+        return self._live
 
     async def purge(self) -> int:
         """Delete events, deliveries and attempts older than the retention, a batch at a time."""

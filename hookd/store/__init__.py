@@ -218,7 +218,7 @@ class Store:
         if claimed:
             await self.driver.write(queue.release(claimed))
 
-    async def beat(self, worker: str, stale_before: int) -> int:
+    async def beat(self, worker: str, stale_before: int) -> list[str]:
         return await self.driver.write(queue.beat(worker, self.clock(), stale_before))
 
     async def retire(self, worker: str) -> None:

@@ -63,7 +63,13 @@ class _Session:
         query = self.queries[st.name]
         sql = query.positional_sql
         if st.mode == "many":
-            if st.batch:
+            if not st.batch:
+                return None
+            if query.columnar:
+                # One statement for the whole batch: each parameter as an array of its rows.
+                columns = [[row[name] for row in st.batch] for name in query.param_order]
+                await self.conn.execute(sql, *columns)
+            else:
                 await self.conn.executemany(sql, [_args(query, p) for p in st.batch])
             return None
         args = _args(query, st.params)

@@ -82,12 +82,18 @@ def notify() -> Statement:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A named query in both forms: ``:name`` parameters, and ``$n`` with their order."""
+    """A named query in both forms: ``:name`` parameters, and ``$n`` with their order.
+
+    ``columnar`` (a ``-- batch: columns`` line in the file) marks a batch query written to
+    take each parameter as an array, one element per row (PostgreSQL's ``unnest``): a
+    ``many`` statement then runs it once for the whole batch instead of once per row.
+    """
 
     name: str
     sql: str
     positional_sql: str
     param_order: tuple[str, ...]
+    columnar: bool = False
 
 
 _SQL_DIR = Path(__file__).with_name("sql")
@@ -96,19 +102,20 @@ _NAME = re.compile(r"^-- name: ([a-z_0-9]+)\s*$", re.M)
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
-def _parse(text: str) -> dict[str, str]:
+def _parse(text: str) -> dict[str, tuple[str, bool]]:
     parts = _NAME.split(text)
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, bool]] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        columnar = any(ln.strip() == "-- batch: columns" for ln in body.splitlines())
         lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
         sql = "\n".join(lines).strip().rstrip(";").strip()
         if name in found:
             raise ValueError(f"query {name!r} is defined twice in one file")
-        found[name] = sql
+        found[name] = (sql, columnar)
     return found
 
 
-def _positional(name: str, sql: str) -> Query:
+def _positional(name: str, sql: str, columnar: bool) -> Query:
     order: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -117,7 +124,7 @@ def _positional(name: str, sql: str) -> Query:
             order.append(param)
         return f"${order.index(param) + 1}"
 
-    return Query(name, sql, _PARAM.sub(number, sql), tuple(order))
+    return Query(name, sql, _PARAM.sub(number, sql), tuple(order), columnar)
 
 
 @functools.cache
@@ -126,4 +133,4 @@ def load_queries(dialect: Literal["sqlite", "postgresql"]) -> dict[str, Query]:
     engine_file = "sqlite.sql" if dialect == "sqlite" else "postgres.sql"
     merged = _parse((_SQL_DIR / "common.sql").read_text())
     merged.update(_parse((_SQL_DIR / engine_file).read_text()))
-    return {name: _positional(name, sql) for name, sql in merged.items()}
+    return {name: _positional(name, sql, columnar) for name, (sql, columnar) in merged.items()}

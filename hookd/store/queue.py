@@ -30,9 +30,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """Lease at most ``capacity`` due deliveries, at most ``per_webhook`` in flight per webhook
-    across all workers and at most ``share`` of them to this worker (named by ``worker``, the
-    prefix of its tokens), for the webhook's timeout plus ``margin_ms``."""
+    """Lease at most ``capacity`` due deliveries for the worker named ``worker`` (the prefix
+    of its lease tokens), ``token`` naming this claim.
+
+    Per webhook, the worker may run ``share`` attempts at once (the workers' shares add up
+    to the per-webhook cap), and leases up to ``depth`` times that, so that the next
+    attempt can start the moment one finishes, without waiting for the database. A lease
+    lasts ``depth`` of the webhook's timeouts (the wait in line included) plus ``margin_ms``.
+    """
 
     now: int
     capacity: int
@@ -41,10 +46,18 @@ class ClaimRequest:
     token: str
     worker: str = ""
     share: int | None = None
+    depth: int = 1
 
     @property
-    def fair_share(self) -> int:
-        return self.per_webhook if self.share is None else max(1, min(self.share, self.per_webhook))
+    def max_leased(self) -> int:
+        """Leases per webhook across all workers."""
+        return self.per_webhook * self.depth
+
+    @property
+    def my_leased(self) -> int:
+        """Leases per webhook for this worker."""
+        share = self.per_webhook if self.share is None else min(self.share, self.per_webhook)
+        return share * self.depth
 
     @property
     def mine(self) -> str:
@@ -73,10 +86,16 @@ def settle(settlement: Settlement) -> Op[None]:
 
 
 def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
-    yield value("claim_lock")
-    params = {"now": req.now, "margin": req.margin_ms, "token": req.token}
     found: list[Any] = yield rows(
-        "claim", capacity=req.capacity, cap=req.per_webhook, share=req.fair_share, mine=req.mine, **params
+        "claim",
+        now=req.now,
+        capacity=req.capacity,
+        max_leased=req.max_leased,
+        my_leased=req.my_leased,
+        mine=req.mine,
+        depth=req.depth,
+        margin=req.margin_ms,
+        token=req.token,
     )
     return found
 
@@ -94,7 +113,7 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
     ids: list[str] = []
     for head in heads:
         everyone, mine = inflight.get(head["webhook_id"], (0, 0))
-        free = min(req.per_webhook - everyone, req.fair_share - mine, req.capacity - len(ids))
+        free = min(req.max_leased - everyone, req.my_leased - mine, req.capacity - len(ids))
         if free <= 0:
             continue
         taken = yield rows(
@@ -102,7 +121,7 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
             webhook_id=head["webhook_id"],
             now=req.now,
             n=free,
-            lease_until=req.now + head["timeout_ms"] + req.margin_ms,
+            lease_until=req.now + head["timeout_ms"] * req.depth + req.margin_ms,
             token=req.token,
         )
         ids += [r["id"] for r in taken]
@@ -114,7 +133,7 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
             leases = [
                 {
                     "id": t["id"],
-                    "lease_until": req.now + t["timeout_ms"] + req.margin_ms,
+                    "lease_until": req.now + t["timeout_ms"] * req.depth + req.margin_ms,
                     "token": req.token,
                 }
                 for t in tests
@@ -130,6 +149,8 @@ def cycle(
     dialect: str, settlement: Settlement | None, claim: ClaimRequest | None
 ) -> Op[list[ClaimedDelivery]]:
     """Record finished attempts, then lease new work, in one transaction."""
+    if dialect == "postgresql":
+        yield run("cycle_settings")
     if settlement:
         yield from settle(settlement)
     if claim is None or claim.capacity <= 0:
@@ -149,12 +170,12 @@ def release(claimed: Sequence[ClaimedDelivery]) -> Op[None]:
     yield many("queue_release", [{"id": c.id, "token": c.lease_token} for c in claimed])
 
 
-def beat(worker: str, now: int, stale_before: int) -> Op[int]:
-    """Record that ``worker`` is alive; returns how many workers are (for fair shares)."""
+def beat(worker: str, now: int, stale_before: int) -> Op[list[str]]:
+    """Record that ``worker`` is alive; returns the ids of the live workers, in order."""
     yield run("worker_beat", id=worker, now=now)
     yield run("workers_purge", before=stale_before - 86_400_000)
-    live: int = yield value("worker_count", since=stale_before)
-    return max(1, live)
+    live = [r["id"] for r in (yield rows("workers_live", since=stale_before))]
+    return live if worker in live else sorted([*live, worker])
 
 
 def retire(worker: str) -> Op[None]:

@@ -186,7 +186,9 @@ class SqliteDriver:
         self._identity: tuple[int, int] | None = None
         self._checkpointer: sqlite3.Connection | None = None
         # Its own thread: a long checkpoint must not hold up the writes waiting for the helper.
-        self._checkpoint_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hookd-checkpoint")
+        self._checkpoint_executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="hookd-checkpoint"
+        )
         self._checkpointing: asyncio.Future[None] | None = None
         self._last_checkpoint = 0.0
 
@@ -349,7 +351,9 @@ class SqliteDriver:
         if self._checkpointing is not None or now - self._last_checkpoint < _CHECKPOINT_EVERY:
             return
         self._last_checkpoint = now
-        self._checkpointing = self._loop.run_in_executor(self._checkpoint_executor, self._checkpoint)
+        self._checkpointing = self._loop.run_in_executor(
+            self._checkpoint_executor, self._checkpoint
+        )
         self._checkpointing.add_done_callback(self._checkpoint_done)
 
     def _checkpoint(self) -> None:

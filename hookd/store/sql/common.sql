@@ -156,8 +156,8 @@ FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id;
 INSERT INTO workers (id, started_at, heartbeat_at) VALUES (:id, :now, :now)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
 
--- name: worker_count
-SELECT count(*) FROM workers WHERE heartbeat_at >= :since;
+-- name: workers_live
+SELECT id FROM workers WHERE heartbeat_at >= :since ORDER BY id;
 
 -- name: worker_remove
 DELETE FROM workers WHERE id = :id;

@@ -23,23 +23,26 @@ WITH k AS (
 )
 SELECT k.*, (SELECT count FROM counted) AS request_count FROM k;
 
--- name: claim_lock
--- Claims are serialised across workers so that the per-webhook in-flight cap holds globally.
-SELECT pg_advisory_xact_lock(7242318001);
+-- name: cycle_settings
+-- A worker's transaction need not wait for the disk: if the server lost it in a crash, the
+-- deliveries it settled or leased are simply sent again (delivery is at least once), and
+-- nothing a client was told depends on it. The claim's plan does not depend on its
+-- parameters, so it is planned once per connection, not on every call.
+SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan;
 
 -- name: claim
--- Lease due deliveries: for each active webhook, up to its free in-flight slots (and this
--- worker's fair share of them), oldest webhooks' work first, at most :capacity in all; and
--- test deliveries to webhooks that are not active (active ones come through the queue).
--- Returns what the sender needs.
+-- Lease due deliveries: for each active webhook, up to this worker's free lease slots (and
+-- within the slots of all workers together), oldest webhooks' work first, at most
+-- :capacity in all; and test deliveries to webhooks that are not active (active ones come
+-- through the queue). Returns what the sender needs.
 WITH inflight AS (
     SELECT webhook_id, count(*) AS n, count(*) FILTER (WHERE lease_token LIKE :mine) AS m
     FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id
 ), slots AS (
     SELECT h.webhook_id AS id, h.timeout_ms, h.head,
-           LEAST(:cap - coalesce(i.n, 0), :share - coalesce(i.m, 0)) AS free
+           LEAST(:max_leased - coalesce(i.n, 0), :my_leased - coalesce(i.m, 0)) AS free
     FROM queue_heads h LEFT JOIN inflight i ON i.webhook_id = h.webhook_id
-    WHERE h.head <= :now AND coalesce(i.n, 0) < :cap AND coalesce(i.m, 0) < :share
+    WHERE h.head <= :now AND coalesce(i.n, 0) < :max_leased AND coalesce(i.m, 0) < :my_leased
 ), queued AS (
     SELECT d.id, s.timeout_ms
     FROM slots s
@@ -64,7 +67,7 @@ WITH inflight AS (
     (SELECT id, timeout_ms FROM tests LIMIT greatest(0, :capacity - (SELECT count(*) FROM queued)))
 )
 UPDATE deliveries d
-SET lease_until = :now + p.timeout_ms + :margin, lease_token = :token
+SET lease_until = :now + p.timeout_ms * :depth + :margin, lease_token = :token
 FROM picked p, events e, webhooks w
 WHERE d.id = p.id AND e.id = d.event_id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
@@ -88,3 +91,33 @@ DELETE FROM deliveries WHERE id = ANY(:ids);
 
 -- name: purge_events
 DELETE FROM events WHERE id = ANY(:ids);
+
+-- name: delivery_insert
+-- batch: columns
+INSERT INTO deliveries (id, webhook_id, event_id, topic, is_test, status, attempt_count,
+                        next_attempt_at, created_at)
+SELECT id, webhook_id, event_id, topic, is_test, 'pending', 0, next_attempt_at, created_at
+FROM unnest(:id::text[], :webhook_id::text[], :event_id::text[], :topic::text[], :is_test::bool[],
+            :next_attempt_at::bigint[], :created_at::bigint[])
+     AS u(id, webhook_id, event_id, topic, is_test, next_attempt_at, created_at);
+
+-- name: outcome_attempt
+-- batch: columns
+INSERT INTO attempts (id, delivery_id, webhook_id, attempt_number, attempted_at, succeeded,
+                      status_code, response_time_ms, response_body, error)
+SELECT * FROM unnest(:id::text[], :delivery_id::text[], :webhook_id::text[], :attempt_number::int[],
+                     :attempted_at::bigint[], :succeeded::bool[], :status_code::int[],
+                     :response_time_ms::int[], :response_body::bytea[], :error::text[]);
+
+-- name: outcome_delivery
+-- batch: columns
+-- Only the lease holder settles a delivery; a cancelled one stays cancelled.
+UPDATE deliveries d
+SET status = u.status, attempt_count = u.attempt_count, next_attempt_at = u.next_attempt_at,
+    lease_until = NULL, lease_token = NULL, last_attempt_at = u.attempted_at,
+    last_status_code = u.status_code, last_status_message = u.status_message
+FROM unnest(:id::text[], :token::text[], :status::text[], :attempt_count::int[],
+            :next_attempt_at::bigint[], :attempted_at::bigint[], :status_code::int[],
+            :status_message::text[])
+     AS u(id, token, status, attempt_count, next_attempt_at, attempted_at, status_code, status_message)
+WHERE d.id = u.id AND d.lease_token = u.token AND d.status = 'pending';
