@@ -4,13 +4,13 @@ webhook, delivery, status and duration; no secret or API key in any line), from 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from tests.conftest import eventually
 from tests.processes import HookdProcesses
 from tests.receiver import Receiver
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
 
 from hookd.errors import DatabaseUnavailable
-from hookd.store.queries import Op, Query, Statement, load_queries
-from hookd.store.records import Conflict
+from hookd.store.queries import Op, Query, Statement, drive, load_queries
 
 __all__ = ["PostgresDriver"]
 
@@ -84,25 +82,9 @@ class _Session:
 
     async def run_first(self, op: Op[T], first: Statement) -> T:
         """Run ``first`` (the statement ``op`` yielded first), then the rest of ``op``."""
-        try:
-            result = await self.execute(first)
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            conflict = Conflict(str(exc))
-            return await self._drive(op, lambda: op.throw(conflict))
-        return await self._drive(op, lambda: op.send(result))
-
-    async def _drive(self, op: Op[T], advance: Callable[[], Statement]) -> T:
-        try:
-            statement = advance()
-            while True:
-                try:
-                    result = await self.execute(statement)
-                except asyncpg.IntegrityConstraintViolationError as exc:
-                    statement = op.throw(Conflict(str(exc)))
-                    continue
-                statement = op.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return await drive(
+            op, self.execute, (asyncpg.IntegrityConstraintViolationError,), first=first
+        )
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:

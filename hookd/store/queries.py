@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from hookd.store.records import Conflict
 
 __all__ = [
     "Op",
     "Query",
     "Statement",
+    "drive",
     "load_queries",
     "many",
     "notify",
@@ -54,6 +57,32 @@ class Statement:
 
 Op = Generator[Statement, Any, T]
 """A store operation: yields statements, receives their results, returns its answer."""
+
+
+async def drive(
+    op: Op[T],
+    execute: Callable[[Statement], Awaitable[Any]],
+    conflicts: tuple[type[BaseException], ...],
+    *,
+    first: Statement | None = None,
+) -> T:
+    """Run ``op``: each statement it yields through ``execute``, its result sent back.
+
+    An engine's constraint violation (one of ``conflicts``) is thrown into the operation as
+    :class:`~hookd.store.records.Conflict`. ``first`` is the statement the operation
+    already yielded, when the caller started it.
+    """
+    try:
+        statement = next(op) if first is None else first
+        while True:
+            try:
+                result = await execute(statement)
+            except conflicts as exc:
+                statement = op.throw(Conflict(str(exc)))
+                continue
+            statement = op.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 def rows(name: str, /, **params: Any) -> Statement:

@@ -25,8 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from hookd.errors import DatabaseUnavailable
-from hookd.store.queries import Op, Query, Statement, load_queries, value
-from hookd.store.records import Conflict
+from hookd.store.queries import Op, Query, Statement, drive, load_queries, value
 
 __all__ = ["SqliteDriver"]
 
@@ -100,38 +99,18 @@ class _Session:
             return None if row is None else row[0]
         return cursor.rowcount
 
-    async def drive_offloading(
-        self, op: Op[T], offload: Callable[[Statement], Awaitable[Any]]
+    async def drive(
+        self, op: Op[T], offload: Callable[[Statement], Awaitable[Any]] | None = None
     ) -> T:
-        """Like :meth:`drive`, but large batch statements run through ``offload`` (on a
-        helper thread: SQLite's C code then runs beside the event loop, on another core)."""
-        try:
-            statement = next(op)
-            while True:
-                try:
-                    if _heavy(statement):
-                        result = await offload(statement)
-                    else:
-                        result = self.execute(statement)
-                except sqlite3.IntegrityError as exc:
-                    statement = op.throw(Conflict(str(exc)))
-                    continue
-                statement = op.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        """Run ``op`` on this connection; with ``offload``, large batch statements run through
+        it (on a helper thread: SQLite's C code then runs beside the event loop)."""
 
-    def drive(self, op: Op[T]) -> T:
-        try:
-            statement = next(op)
-            while True:
-                try:
-                    result = self.execute(statement)
-                except sqlite3.IntegrityError as exc:
-                    statement = op.throw(Conflict(str(exc)))
-                    continue
-                statement = op.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        async def execute(statement: Statement) -> Any:
+            if offload is not None and _heavy(statement):
+                return await offload(statement)
+            return self.execute(statement)
+
+        return await drive(op, execute, (sqlite3.IntegrityError,))
 
 
 def _heavy(st: Statement) -> bool:
@@ -227,10 +206,10 @@ class SqliteDriver:
         session = _Session(self._reader, self._queries)
         try:
             if not snapshot:
-                return session.drive(op)
+                return await session.drive(op)
             self._reader.execute("BEGIN")
             try:
-                return session.drive(op)
+                return await session.drive(op)
             finally:
                 self._reader.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -302,7 +281,7 @@ class SqliteDriver:
                         conn.execute("SAVEPOINT job")
                         session.deferred = {}
                         try:
-                            value = await session.drive_offloading(op, offload)
+                            value = await session.drive(op, offload)
                         except Exception as exc:
                             conn.execute("ROLLBACK TO job")
                             conn.execute("RELEASE job")
