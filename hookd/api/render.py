@@ -20,6 +20,13 @@ class JSONResponse(StarletteJSONResponse):
         return orjson.dumps(content)
 
 
+def _last_status(code: int | None, message: str | None, at: int | None) -> dict[str, Any] | None:
+    """``{code, message, timestamp}`` of the latest attempt, or ``None`` before any."""
+    if at is None:
+        return None
+    return {"code": code or 0, "message": message or "", "timestamp": iso_ms(at)}
+
+
 def webhook_json(w: Webhook) -> dict[str, Any]:
     """The webhook object of the Featurebase reference."""
     return {
@@ -31,13 +38,7 @@ def webhook_json(w: Webhook) -> dict[str, Any]:
         "topics": list(w.topics),
         "status": w.status,
         "requestConfig": {"timeoutMs": w.timeout_ms, "headers": dict(w.headers)},
-        "lastStatus": None
-        if w.last_status_at is None
-        else {
-            "code": w.last_status_code,
-            "message": w.last_status_message,
-            "timestamp": iso_ms(w.last_status_at),
-        },
+        "lastStatus": _last_status(w.last_status_code, w.last_status_message, w.last_status_at),
         "health": {
             "avgResponseTime": round(w.avg_response_time),
             "consecutiveFailures": w.consecutive_failures,
@@ -64,13 +65,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
         "attemptCount": d.attempt_count,
         "nextAttemptAt": iso_or_none(d.next_attempt_at) if d.status == "pending" else None,
         "lastAttemptAt": iso_or_none(d.last_attempt_at),
-        "lastStatus": None
-        if d.last_attempt_at is None
-        else {
-            "code": d.last_status_code or 0,
-            "message": d.last_status_message or "",
-            "timestamp": iso_ms(d.last_attempt_at),
-        },
+        "lastStatus": _last_status(d.last_status_code, d.last_status_message, d.last_attempt_at),
         "createdAt": iso_ms(d.created_at),
     }
 

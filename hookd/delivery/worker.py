@@ -279,25 +279,19 @@ class Worker:
         self._wake.set()
         (_SUCCEEDED if result.succeeded else _FAILED).inc()
         ATTEMPT_SECONDS.observe(result.response_time_ms / 1000)
-        if not result.succeeded:
-            log.info(
-                "attempt failed",
-                webhook=claimed.webhook_id,
-                delivery=claimed.id,
-                attempt=claimed.attempt_count + 1,
-                status=result.code,
-                duration_ms=result.response_time_ms,
-                reason=result.message,
-            )
-        elif _stdlog.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "attempt succeeded",
-                webhook=claimed.webhook_id,
-                delivery=claimed.id,
-                attempt=claimed.attempt_count + 1,
-                status=result.code,
-                duration_ms=result.response_time_ms,
-            )
+        if result.succeeded and not _stdlog.isEnabledFor(logging.DEBUG):
+            return
+        fields = {
+            "webhook": claimed.webhook_id,
+            "delivery": claimed.id,
+            "attempt": claimed.attempt_count + 1,
+            "status": result.code,
+            "duration_ms": result.response_time_ms,
+        }
+        if result.succeeded:
+            log.debug("attempt succeeded", **fields)
+        else:
+            log.info("attempt failed", reason=result.message, **fields)
 
     # Maintenance.
 
