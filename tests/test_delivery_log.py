@@ -16,7 +16,7 @@ import pytest
 from hookd.clock import iso_ms
 from tests.conftest import Api, eventually
 from tests.receiver import Receiver
-from tests.test_delivery import deliveries, webhook, worker_for
+from tests.test_delivery import deliveries, settled, webhook, worker_for
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
@@ -32,12 +32,6 @@ async def _detail(api: Api, webhook_id: str, delivery_id: str) -> dict[str, Any]
     return body
 
 
-async def _all_settled(api: Api, webhook_id: str, count: int) -> list[dict[str, Any]] | None:
-    found = await deliveries(api, webhook_id)
-    done = [d for d in found if d["status"] != "pending"]
-    return found if len(found) >= count and len(done) == len(found) else None
-
-
 # Listing and inspecting.
 
 
@@ -47,7 +41,7 @@ async def test_list_and_inspect_deliveries(delivering: Api, receiver: Receiver) 
     hook = await webhook(api, receiver)
     events = [await api.publish(item={"id": f"p{i}"}) for i in range(3)]
     await receiver.wait_for(3 * 4, timeout=15)
-    found = await eventually(lambda: _all_settled(api, hook["id"], 3))
+    found = await eventually(lambda: settled(api, hook["id"], 3))
     assert [d["eventId"] for d in found] == [e["id"] for e in reversed(events)], "newest first"
     first = found[-1]
     assert set(first) == {
@@ -176,7 +170,7 @@ async def test_response_bodies_are_kept_truncated_and_safe(
     receiver.behave("/hook", status=200, body=body)
     hook = await webhook(api, receiver)
     await api.publish()
-    [delivery] = await eventually(lambda: _all_settled(api, hook["id"], 1))
+    [delivery] = await eventually(lambda: settled(api, hook["id"], 1))
     detail = await _detail(api, hook["id"], delivery["id"])
     kept = detail["attempts"][0]["responseBody"]
     assert isinstance(kept, str)
@@ -197,7 +191,7 @@ async def test_retry_queues_any_delivery_but_a_cancelled_one(
     receiver.behave("/hook", status=200)
     hook = await webhook(api, receiver)
     await api.publish()
-    [delivery] = await eventually(lambda: _all_settled(api, hook["id"], 1))
+    [delivery] = await eventually(lambda: settled(api, hook["id"], 1))
     assert delivery["status"] == "succeeded"
     retried = await api.post(f"/v2/webhooks/{hook['id']}/deliveries/{delivery['id']}/retry")
     assert retried.status_code == 202, retried.text
@@ -226,7 +220,7 @@ async def test_retry_of_a_failed_delivery_makes_one_more_attempt(
     receiver.behave("/hook", status=500)
     hook = await webhook(api, receiver)
     await api.publish()
-    [delivery] = await eventually(lambda: _all_settled(api, hook["id"], 1))
+    [delivery] = await eventually(lambda: settled(api, hook["id"], 1))
     assert delivery["status"] == "failed"
     receiver.behave("/hook", status=204)
     await api.post(f"/v2/webhooks/{hook['id']}/deliveries/{delivery['id']}/retry")
@@ -241,7 +235,7 @@ async def test_retry_of_a_held_delivery_waits_for_reactivation(
     receiver.behave("/hook", status=500)
     hook = await webhook(api, receiver)
     await api.publish()
-    [delivery] = await eventually(lambda: _all_settled(api, hook["id"], 1))
+    [delivery] = await eventually(lambda: settled(api, hook["id"], 1))
     await api.patch(f"/v2/webhooks/{hook['id']}", json={"status": "paused"})
     retried = await api.post(f"/v2/webhooks/{hook['id']}/deliveries/{delivery['id']}/retry")
     assert retried.status_code == 202 and retried.json()["status"] == "pending"
@@ -322,7 +316,7 @@ async def test_recover_queues_what_did_not_succeed_once(api: Api, receiver: Rece
         assert sorted(r.header("webhook-id") or "" for r in received) == sorted(
             e["id"] for e in missed
         )
-        await eventually(lambda: _all_settled(api, hook["id"], 3))
+        await eventually(lambda: settled(api, hook["id"], 3))
         after = await api.post(f"/v2/webhooks/{hook['id']}/recover", json={"since": _iso(since)})
         assert after.json()["queued"] == 0, "events with a succeeded delivery are not queued again"
 
@@ -333,7 +327,7 @@ async def test_recover_requeues_failed_deliveries(api: Api, receiver: Receiver) 
     since = datetime.now(UTC) - timedelta(seconds=5)
     async with worker_for(api, retry_schedule=""):
         await api.publish()
-        await eventually(lambda: _all_settled(api, hook["id"], 1))
+        await eventually(lambda: settled(api, hook["id"], 1))
         receiver.behave("/hook", status=204)
         recovered = await api.post(
             f"/v2/webhooks/{hook['id']}/recover",
@@ -341,7 +335,7 @@ async def test_recover_requeues_failed_deliveries(api: Api, receiver: Receiver) 
         )
         assert recovered.json()["queued"] == 1
         await receiver.wait_for(2)
-        found = await eventually(lambda: _all_settled(api, hook["id"], 2))
+        found = await eventually(lambda: settled(api, hook["id"], 2))
     assert sorted(d["status"] for d in found) == ["failed", "succeeded"]
 
 
@@ -404,11 +398,11 @@ async def test_retention_purges_old_rows_and_keeps_new_ones(api: Api, receiver: 
         for i in range(5):
             await api.publish(item={"id": f"old{i}"})
         await receiver.wait_for(10)
-        await eventually(lambda: _all_settled(api, hook["id"], 5))
+        await eventually(lambda: settled(api, hook["id"], 5))
         clock.offset_ms = 0  # today
         fresh = await api.publish(item={"id": "new"})
         await receiver.wait_for(12)
-        await eventually(lambda: _all_settled(api, hook["id"], 6))
+        await eventually(lambda: settled(api, hook["id"], 6))
         removed = await worker.purge()
     assert removed == 10, "5 old deliveries and their 5 events"
     left = await deliveries(api, hook["id"])
