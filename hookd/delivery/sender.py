@@ -7,12 +7,14 @@ One session with keep-alive serves every attempt. Redirects are not followed, at
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import ssl
 import time
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 
 from hookd import __version__
 from hookd.clock import Clock, system_clock
@@ -43,6 +45,17 @@ class AttemptResult:
     def code(self) -> int:
         """lastStatus.code: the HTTP status, or 0 when there was no response."""
         return self.status_code or 0
+
+
+# Webhooks are few and their URLs and timeouts rarely change: parse and build each once.
+@functools.lru_cache(maxsize=4096)
+def _url(url: str) -> yarl.URL:
+    return yarl.URL(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(timeout_ms: int) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=timeout_ms / 1000)
 
 
 def _reason(status: int, reason: str | None) -> str:
@@ -141,11 +154,11 @@ class Sender:
         timeout_ms = claimed.timeout_ms
         try:
             async with self._session.post(
-                claimed.url,
+                _url(claimed.url),
                 data=body,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
+                timeout=_timeout(timeout_ms),
             ) as response:
                 kept = await _read_capped(response.content, MAX_RESPONSE_BODY)
                 status = response.status
