@@ -564,3 +564,26 @@ async def test_slow_worker_outcome_after_lease_loss_is_not_lost(
 async def _errors_at_least(api: Api, webhook_id: str, n: int) -> dict[str, Any] | None:
     current = await get_webhook(api, webhook_id)
     return current if current["health"]["errorsSinceLastSuccess"] >= n else None
+
+
+async def test_metrics_count_events_and_attempts(delivering: Api, receiver: Receiver) -> None:
+    api = delivering
+
+    async def sample(name: str, labels: str = "") -> float:
+        text = (await api.client.get("/metrics")).text
+        for line in text.splitlines():
+            if line.startswith(name + labels + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    events_before = await sample("hookd_events_published_total")
+    ok_before = await sample("hookd_delivery_attempts_total", '{outcome="succeeded"}')
+    await webhook(api, receiver)
+    await api.publish()
+    await api.publish()
+    await receiver.wait_for(2)
+    await eventually(lambda: settled(api, (receiver.requests[0].json())["webhookId"], 2))
+    assert await sample("hookd_events_published_total") == events_before + 2
+    assert await sample("hookd_delivery_attempts_total", '{outcome="succeeded"}') == ok_before + 2
+    metrics = await api.client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
