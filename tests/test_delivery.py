@@ -587,3 +587,40 @@ async def test_metrics_count_events_and_attempts(delivering: Api, receiver: Rece
     assert await sample("hookd_delivery_attempts_total", '{outcome="succeeded"}') == ok_before + 2
     metrics = await api.client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+
+
+async def test_an_unprintable_answer_cannot_jam_the_worker(
+    delivering: Api, receiver: Receiver
+) -> None:
+    """A reason phrase that is not UTF-8 (aiohttp keeps it as surrogates, which no database
+    stores) is cleaned, and deliveries to other webhooks carry on."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 500 Bad\xffThing\x00\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    api = delivering
+    odd = await api.create_webhook(url=f"http://127.0.0.1:{port}/odd", topics=["post.created"])
+    healthy = await webhook(api, receiver, topics=["post.updated"])
+    async with server:
+        for _ in range(3):
+            await api.publish("post.created")
+            await api.publish("post.updated")
+        await receiver.wait_for(3)
+        await eventually(lambda: settled(api, odd["id"], 3))
+    await eventually(lambda: settled(api, healthy["id"], 3))
+    current = await get_webhook(api, odd["id"])
+    assert current["lastStatus"]["code"] == 500
+    assert (
+        current["lastStatus"]["message"].startswith("Bad")
+        and "\x00" not in current["lastStatus"]["message"]
+    )

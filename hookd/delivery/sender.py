@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -58,9 +59,22 @@ def _timeout(timeout_ms: int) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=timeout_ms / 1000)
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+MAX_MESSAGE = 300
+
+
+def clean_text(text: str) -> str:
+    """Text from the outside world (a reason phrase, an error) made safe to store and show:
+    valid UTF-8 (aiohttp keeps undecodable bytes as surrogates), no control characters (no
+    NUL for PostgreSQL), and bounded in length."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = _UNPRINTABLE.sub(" ", text).strip()
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
 def _reason(status: int, reason: str | None) -> str:
-    if reason:
-        return reason
+    if reason and (cleaned := clean_text(reason)):
+        return cleaned
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
@@ -165,7 +179,7 @@ class Sender:
                 reason = _reason(status, response.reason)
         except Exception as exc:
             elapsed = round((time.perf_counter() - started) * 1000)
-            message = _failure_message(exc, timeout_ms)
+            message = clean_text(_failure_message(exc, timeout_ms))
             if message.startswith("Timed out"):
                 elapsed = timeout_ms
             return AttemptResult(attempted_at, False, None, message, elapsed, None, message)

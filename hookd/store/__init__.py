@@ -55,7 +55,8 @@ class Driver(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def read(self, op: Op[T], *, snapshot: bool = False) -> T: ...
-    async def write(self, op: Op[T]) -> T: ...
+    async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T: ...
+    async def work(self, op: Op[T]) -> T: ...
     def notify_work(self) -> None: ...
     async def wait_for_work(self, timeout: float) -> bool: ...
     async def ping(self) -> None: ...
@@ -167,6 +168,11 @@ class Store:
     async def publish(
         self, organization_id: str, draft: EventDraft, idempotency_key: str | None
     ) -> tuple[str, str, int, bool]:
+        if self.dialect == "postgresql":
+            op = events.publish_in_one_statement(
+                organization_id, draft, idempotency_key, self.clock()
+            )
+            return await self.driver.write(op, atomic_statements=True)
         return await self.driver.write(
             events.publish(organization_id, draft, idempotency_key, self.clock())
         )
@@ -209,7 +215,7 @@ class Store:
     async def cycle(
         self, settlement: Settlement | None, claim: ClaimRequest | None
     ) -> list[ClaimedDelivery]:
-        return await self.driver.write(queue.cycle(self.dialect, settlement, claim))
+        return await self.driver.work(queue.cycle(self.dialect, settlement, claim))
 
     async def next_due(self) -> int | None:
         return await self.driver.read(queue.next_due())

@@ -9,7 +9,14 @@ from hookd.ids import new_event_id, new_object_id
 from hookd.store.queries import Op, many, notify, one, rows, run
 from hookd.store.records import Delivery, Event, _json_list
 
-__all__ = ["IDEMPOTENCY_TTL_MS", "EventDraft", "create_test_delivery", "publish", "recover"]
+__all__ = [
+    "IDEMPOTENCY_TTL_MS",
+    "EventDraft",
+    "create_test_delivery",
+    "publish",
+    "publish_in_one_statement",
+    "recover",
+]
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 _RECOVER_CHUNK = 500
@@ -100,6 +107,38 @@ def publish(
     ]
     if batch:
         yield many("delivery_insert", batch, deferrable=True)
+        yield notify()
+    return event_id, draft.topic, now, True
+
+
+def publish_in_one_statement(
+    organization_id: str, draft: EventDraft, idempotency_key: str | None, now: int
+) -> Op[tuple[str, str, int, bool]]:
+    """:func:`publish` for PostgreSQL in one atomic statement after a read: the idempotency
+    key, the event and its deliveries are written together or not at all, without a
+    transaction's extra round trips. The statement checks again that each target is still
+    active, so a webhook paused or deleted meanwhile gets nothing."""
+    event_id = new_event_id(now)
+    targets = yield rows("webhooks_active", organization_id=organization_id)
+    hooks = [t["id"] for t in targets if draft.topic in _json_list(t["topics"])]
+    written = yield one(
+        "publish",
+        organization_id=organization_id,
+        key=idempotency_key,
+        expired_before=now - IDEMPOTENCY_TTL_MS,
+        id=event_id,
+        topic=draft.topic,
+        data=draft.data,
+        conversation_id=draft.conversation_id,
+        conversation_url=draft.conversation_url,
+        created_at=now,
+        delivery_ids=[new_object_id(now) for _ in hooks],
+        webhook_ids=hooks,
+    )
+    if not written["created"]:
+        first = yield one("idempotency_get", organization_id=organization_id, key=idempotency_key)
+        return first["id"], first["topic"], first["created_at"], False
+    if written["deliveries"]:
         yield notify()
     return event_id, draft.topic, now, True
 

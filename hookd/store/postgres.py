@@ -106,6 +106,9 @@ class PostgresDriver:
         self._listen_task: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[None] | None = None
         self._announce_again = False
+        # The delivery worker's own connections: its operations never queue behind API
+        # requests for a pooled connection, and its session settings suit its statements.
+        self._worker_pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
         try:
@@ -136,13 +139,25 @@ class PostgresDriver:
             with contextlib.suppress(Exception):
                 await self._listener.close()
             self._listener = None
+        if self._worker_pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._worker_pool.close(), 10)
+            self._worker_pool = None
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 10)
             self._pool = None
 
-    async def _run(self, op: Op[T], *, transaction: bool, readonly: bool = False) -> T:
-        assert self._pool is not None, "driver not started"
+    async def _run(
+        self,
+        op: Op[T],
+        *,
+        transaction: bool,
+        readonly: bool = False,
+        pool: asyncpg.Pool | None = None,
+    ) -> T:
+        pool = pool or self._pool
+        assert pool is not None, "driver not started"
         try:
             first = next(op)
         except StopIteration as stop:
@@ -153,11 +168,12 @@ class PostgresDriver:
         for retry in (True, False):
             session: _Session | None = None
             try:
-                async with self._pool.acquire(timeout=10) as conn:
+                async with pool.acquire(timeout=10) as conn:
                     session = _Session(conn, self._queries)
-                    if not transaction:
-                        return await session.run_first(op, first)
-                    async with conn.transaction(readonly=readonly):
+                    if transaction:
+                        async with conn.transaction(readonly=readonly):
+                            result = await session.run_first(op, first)
+                    else:
                         result = await session.run_first(op, first)
                     if session.notify:
                         self._announce()
@@ -172,9 +188,40 @@ class PostgresDriver:
         all its statements see one state."""
         return await self._run(op, transaction=snapshot, readonly=True)
 
-    async def write(self, op: Op[T]) -> T:
-        """Run an operation in one transaction; returns after it is committed."""
-        return await self._run(op, transaction=True)
+    async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T:
+        """Run an operation in one transaction; returns after it is committed.
+
+        With ``atomic_statements`` (for operations each of whose writes is one statement,
+        atomic by itself), no transaction is opened around them: two round trips fewer.
+        """
+        return await self._run(op, transaction=not atomic_statements)
+
+    async def work(self, op: Op[T]) -> T:
+        """Run a delivery worker's operation, each statement of which is atomic by itself
+        (no transaction around them: fewer round trips), on the worker's connections.
+
+        Those connections do not wait for the disk at commit: if the server lost a worker's
+        last statements in a crash, the deliveries they settled or leased are sent again
+        (delivery is at least once), and no client was told anything about them.
+        """
+        if self._worker_pool is None:
+            try:
+                self._worker_pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=2,
+                    max_inactive_connection_lifetime=300,
+                    command_timeout=60,
+                    reset=_keep_session,
+                    server_settings={
+                        "synchronous_commit": "off",
+                        # The worker's statements plan the same whatever their parameters.
+                        # "plan_cache_mode": "force_generic_plan",
+                    },
+                )
+            except _UNAVAILABLE as exc:
+                raise DatabaseUnavailable(str(exc)) from exc
+        return await self._run(op, transaction=False, pool=self._worker_pool)
 
     def notify_work(self) -> None:
         self._work.set()

@@ -77,12 +77,30 @@ class Settlement:
         return bool(self.attempts)
 
 
-def settle(settlement: Settlement) -> Op[None]:
-    # Lock order, everywhere: webhook rows (in id order) before delivery rows. The API's
-    # writes (delete, which cancels deliveries) take them in the same order: no deadlock.
-    yield many("outcome_webhook", sorted(settlement.webhooks, key=lambda r: str(r["id"])))
+def settle(dialect: str, settlement: Settlement) -> Op[None]:
+    """Write a batch of outcomes. Lock order, everywhere: webhook rows (in id order) before
+    delivery rows; the API's writes (delete, which cancels deliveries) take them in the
+    same order, so there is no deadlock."""
+    webhooks = sorted(settlement.webhooks, key=lambda r: str(r["id"]))
+    if dialect == "postgresql":
+        # One statement, atomic by itself, with each table's rows as arrays.
+        yield run(
+            "settle",
+            suspend_after=webhooks[0]["suspend_after"],
+            **_columns("w_", webhooks, exclude=("suspend_after",)),
+            **_columns("d_", settlement.deliveries),
+            **_columns("a_", settlement.attempts),
+        )
+        return
+    yield many("outcome_webhook", webhooks)
     yield many("outcome_delivery", settlement.deliveries)
     yield many("outcome_attempt", settlement.attempts)
+
+
+def _columns(
+    prefix: str, batch: Sequence[Mapping[str, Any]], exclude: tuple[str, ...] = ()
+) -> dict[str, list[Any]]:
+    return {prefix + key: [row[key] for row in batch] for key in batch[0] if key not in exclude}
 
 
 def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
@@ -148,11 +166,10 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
 def cycle(
     dialect: str, settlement: Settlement | None, claim: ClaimRequest | None
 ) -> Op[list[ClaimedDelivery]]:
-    """Record finished attempts, then lease new work, in one transaction."""
-    if dialect == "postgresql":
-        yield run("cycle_settings")
+    """Record finished attempts, then lease new work (on SQLite in one transaction; on
+    PostgreSQL in two statements, each atomic, the second seeing the slots the first freed)."""
     if settlement:
-        yield from settle(settlement)
+        yield from settle(dialect, settlement)
     if claim is None or claim.capacity <= 0:
         return []
     found = yield from (_claim_postgres(claim) if dialect == "postgresql" else _claim_sqlite(claim))

@@ -217,7 +217,7 @@ class SqliteDriver:
                 raise DatabaseUnavailable(str(exc)) from exc
             raise
 
-    async def write(self, op: Op[T]) -> T:
+    async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T:
         """Run an operation in a write transaction; returns after it is committed."""
         assert self._loop is not None, "driver not started"
         future: asyncio.Future[T] = self._loop.create_future()
@@ -225,6 +225,10 @@ class SqliteDriver:
         if self._flusher is None:
             self._flusher = self._loop.create_task(self._flush())
         return await future
+
+    async def work(self, op: Op[T]) -> T:
+        """A delivery worker's operation: on SQLite, one more write in the group commit."""
+        return await self.write(op)
 
     def notify_work(self) -> None:
         self._work.set()

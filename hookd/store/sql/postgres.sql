@@ -23,13 +23,6 @@ WITH k AS (
 )
 SELECT k.*, (SELECT count FROM counted) AS request_count FROM k;
 
--- name: cycle_settings
--- A worker's transaction need not wait for the disk: if the server lost it in a crash, the
--- deliveries it settled or leased are simply sent again (delivery is at least once), and
--- nothing a client was told depends on it. The claim's plan does not depend on its
--- parameters, so it is planned once per connection, not on every call.
-SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan;
-
 -- name: claim
 -- Lease due deliveries: for each active webhook, up to this worker's free lease slots (and
 -- within the slots of all workers together), oldest webhooks' work first, at most
@@ -101,23 +94,93 @@ FROM unnest(:id::text[], :webhook_id::text[], :event_id::text[], :topic::text[],
             :next_attempt_at::bigint[], :created_at::bigint[])
      AS u(id, webhook_id, event_id, topic, is_test, next_attempt_at, created_at);
 
--- name: outcome_attempt
--- batch: columns
-INSERT INTO attempts (id, delivery_id, webhook_id, attempt_number, attempted_at, succeeded,
-                      status_code, response_time_ms, response_body, error)
-SELECT * FROM unnest(:id::text[], :delivery_id::text[], :webhook_id::text[], :attempt_number::int[],
-                     :attempted_at::bigint[], :succeeded::bool[], :status_code::int[],
-                     :response_time_ms::int[], :response_body::bytea[], :error::text[]);
+-- name: settle
+-- A batch of outcomes in one statement (atomic by itself): the webhooks' health, locked in
+-- id order first (the API locks a webhook before its deliveries too), the deliveries' new
+-- state, and the attempts. Each table's rows come as arrays, :w_*, :d_* and :a_*.
+-- The health fold is explained in hookd.delivery.outcomes; every expression reads the
+-- row as it was, so concurrent workers each apply on top of the other.
+WITH locked AS (
+    SELECT id FROM webhooks WHERE id = ANY(:w_id::text[]) ORDER BY id FOR NO KEY UPDATE
+), w AS (
+    SELECT * FROM unnest(:w_id::text[], :w_last_at::bigint[], :w_last_code::int[],
+                         :w_last_message::text[], :w_last_response_time::bigint[],
+                         :w_fresh_avg::float8[], :w_decay::float8[], :w_contribution::float8[],
+                         :w_samples::bigint[], :w_attempt_succeeded::bool[], :w_errors_after::bigint[],
+                         :w_delivery_succeeded::bool[], :w_failures_after::bigint[], :w_success_at::bigint[])
+        AS u(id, last_at, last_code, last_message, last_response_time, fresh_avg, decay,
+             contribution, samples, attempt_succeeded, errors_after, delivery_succeeded,
+             failures_after, success_at)
+), health AS (
+    UPDATE webhooks h
+    SET last_status_code = CASE WHEN coalesce(h.last_status_at, 0) <= w.last_at THEN w.last_code ELSE h.last_status_code END,
+        last_status_message = CASE WHEN coalesce(h.last_status_at, 0) <= w.last_at THEN w.last_message ELSE h.last_status_message END,
+        last_response_time = CASE WHEN coalesce(h.last_status_at, 0) <= w.last_at THEN w.last_response_time ELSE h.last_response_time END,
+        last_status_at = CASE WHEN coalesce(h.last_status_at, 0) <= w.last_at THEN w.last_at ELSE h.last_status_at END,
+        avg_response_time = CASE WHEN h.response_samples = 0 THEN w.fresh_avg
+                                 ELSE h.avg_response_time * w.decay + w.contribution END,
+        response_samples = h.response_samples + w.samples,
+        errors_since_last_success = CASE WHEN w.attempt_succeeded THEN w.errors_after
+                                         ELSE h.errors_since_last_success + w.errors_after END,
+        consecutive_failures = CASE WHEN w.delivery_succeeded THEN w.failures_after
+                                    ELSE h.consecutive_failures + w.failures_after END,
+        last_success_at = CASE WHEN w.success_at > coalesce(h.last_success_at, -1) THEN w.success_at
+                               ELSE h.last_success_at END,
+        status = CASE WHEN h.status = 'active'
+                       AND (CASE WHEN w.delivery_succeeded THEN w.failures_after
+                                 ELSE h.consecutive_failures + w.failures_after END) >= :suspend_after
+                      THEN 'suspended' ELSE h.status END
+    FROM locked, w
+    WHERE h.id = locked.id AND w.id = locked.id
+    RETURNING h.id
+), settled AS (
+    -- Only the lease holder settles a delivery; a cancelled one stays cancelled.
+    UPDATE deliveries d
+    SET status = u.status, attempt_count = u.attempt_count, next_attempt_at = u.next_attempt_at,
+        lease_until = NULL, lease_token = NULL, last_attempt_at = u.attempted_at,
+        last_status_code = u.status_code, last_status_message = u.status_message
+    FROM unnest(:d_id::text[], :d_token::text[], :d_status::text[], :d_attempt_count::int[],
+                :d_next_attempt_at::bigint[], :d_attempted_at::bigint[], :d_status_code::int[],
+                :d_status_message::text[])
+         AS u(id, token, status, attempt_count, next_attempt_at, attempted_at, status_code, status_message)
+    WHERE d.id = u.id AND d.lease_token = u.token AND d.status = 'pending'
+    RETURNING d.id
+), tried AS (
+    INSERT INTO attempts (id, delivery_id, webhook_id, attempt_number, attempted_at, succeeded,
+                          status_code, response_time_ms, response_body, error)
+    SELECT * FROM unnest(:a_id::text[], :a_delivery_id::text[], :a_webhook_id::text[],
+                         :a_attempt_number::int[], :a_attempted_at::bigint[], :a_succeeded::bool[],
+                         :a_status_code::int[], :a_response_time_ms::int[], :a_response_body::bytea[],
+                         :a_error::text[])
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT count(*) FROM tried);
 
--- name: outcome_delivery
--- batch: columns
--- Only the lease holder settles a delivery; a cancelled one stays cancelled.
-UPDATE deliveries d
-SET status = u.status, attempt_count = u.attempt_count, next_attempt_at = u.next_attempt_at,
-    lease_until = NULL, lease_token = NULL, last_attempt_at = u.attempted_at,
-    last_status_code = u.status_code, last_status_message = u.status_message
-FROM unnest(:id::text[], :token::text[], :status::text[], :attempt_count::int[],
-            :next_attempt_at::bigint[], :attempted_at::bigint[], :status_code::int[],
-            :status_message::text[])
-     AS u(id, token, status, attempt_count, next_attempt_at, attempted_at, status_code, status_message)
-WHERE d.id = u.id AND d.lease_token = u.token AND d.status = 'pending';
+-- name: publish
+-- An event, its idempotency key (when given and not held by a live earlier request) and
+-- its deliveries, in one statement. The key is taken first: a concurrent request with the
+-- same key waits on it, then finds it held and writes nothing. Targets are checked again
+-- here, so a webhook paused or deleted since they were read gets no delivery.
+WITH claimed AS (
+    INSERT INTO idempotency_keys (organization_id, key, event_id, created_at)
+    SELECT :organization_id, :key::text, :id, :created_at WHERE :key::text IS NOT NULL
+    ON CONFLICT (organization_id, key) DO UPDATE
+    SET event_id = excluded.event_id, created_at = excluded.created_at
+    WHERE idempotency_keys.created_at < :expired_before
+    RETURNING 1
+), go AS (
+    SELECT 1 WHERE :key::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
+), event AS (
+    INSERT INTO events (id, organization_id, topic, data, conversation_id, conversation_url, is_test, created_at)
+    SELECT :id, :organization_id, :topic, :data, :conversation_id, :conversation_url, false, :created_at FROM go
+    RETURNING id
+), queued AS (
+    INSERT INTO deliveries (id, webhook_id, event_id, topic, is_test, status, attempt_count,
+                            next_attempt_at, created_at)
+    SELECT u.id, u.webhook_id, :id, :topic, false, 'pending', 0, :created_at, :created_at
+    FROM unnest(:delivery_ids::text[], :webhook_ids::text[]) AS u(id, webhook_id)
+    JOIN webhooks w ON w.id = u.webhook_id AND w.status = 'active' AND w.deleted_at IS NULL
+    WHERE EXISTS (SELECT 1 FROM event)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM event) AS created, (SELECT count(*) FROM queued) AS deliveries;
