@@ -537,9 +537,7 @@ async def test_an_expired_lease_is_delivered_again(api: Api, receiver: Receiver)
     await webhook(api, receiver, requestConfig={"timeoutMs": 1000})
     await api.publish()
     # A worker that claims and then dies without a word.
-    [claimed] = await api.store.cycle(
-        None, ClaimRequest(api.store.clock(), 10, 10, 500, "dead-worker-1")
-    )
+    [claimed] = await api.store.claim(ClaimRequest(api.store.clock(), 10, 10, 500, "dead-worker-1"))
     async with worker_for(api):
         await asyncio.sleep(0.3)
         assert receiver.requests == [], "not sent while the lease is valid"

@@ -1,19 +1,22 @@
 """The delivery worker: claims due deliveries in batches, sends them, records outcomes.
 
 One loop owns the database side. Each turn it writes the outcomes that finished since the
-last turn and claims as much new work as there is room for, in one transaction. No
-transaction is open while a request is in flight. The loop sleeps until an attempt
-finishes, new work is signalled (PostgreSQL LISTEN/NOTIFY, or in-process on SQLite), the
-next delivery falls due, or the poll interval passes (the safety net).
+last turn, then claims as much new work as there is room for, and starts an attempt per
+claimed delivery at once. No transaction is open while a request is in flight. The loop
+sleeps until an attempt finishes, new work is signalled (PostgreSQL LISTEN/NOTIFY, or
+in-process on SQLite), the next delivery falls due, or the poll interval passes (the
+safety net).
 
-Per webhook, the worker runs at most its *share* of ``HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK``
-attempts at once: the live workers (known by their heartbeats) split the cap between
-them, so together they never exceed it. It leases up to ``prefetch`` times its share, and
-starts the next leased delivery of a webhook the moment one of its attempts finishes,
-without waiting for the database.
+The per-webhook cap ``HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK`` holds across workers: a claimed
+delivery is leased until its outcome is written, so attempts running never outnumber
+leases, and the claim counts every worker's leases. The live workers (known by their
+heartbeats) also split the cap between them, so that each gets a fair share of every
+webhook instead of the fastest taking it all; a worker that joins waits one heartbeat
+interval before claiming, so that the others have shrunk their shares first.
 
-Beside it, a maintenance task keeps the heartbeat, returns expired leases to the queue and
-purges rows older than the retention, in bounded batches.
+Beside it, a heartbeat task keeps the worker counted until it has stopped, and a
+maintenance task returns expired leases to the queue and purges rows older than the
+retention, in bounded batches.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import logging
 import os
 import random
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from hookd.clock import Clock, system_clock
@@ -33,7 +35,7 @@ from hookd.delivery.sender import AttemptResult, Sender
 from hookd.errors import DatabaseUnavailable
 from hookd.logs import get_logger
 from hookd.metrics import ATTEMPT_SECONDS, ATTEMPTS, IN_FLIGHT
-from hookd.store import ClaimedDelivery, ClaimRequest, Store
+from hookd.store import ClaimedDelivery, ClaimRequest, Settlement, Store
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -57,7 +59,6 @@ class WorkerConfig:
     retention_days: int = 30
     maintenance_interval: float = 5.0
     purge_interval: float = 60.0
-    prefetch: int = 2
 
 
 class Worker:
@@ -80,13 +81,14 @@ class Worker:
         self.worker_id = os.urandom(6).hex()
         self._claims = 0
         self._in_flight: dict[str, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
-        self._running: dict[str, int] = defaultdict(int)  # attempts under way, per webhook
-        self._waiting: dict[str, deque[ClaimedDelivery]] = {}  # leased, not started yet
-        self._queued = 0
         self._done: list[tuple[ClaimedDelivery, AttemptResult]] = []
+        # Outcomes built but not yet written (the database was away): written first, as
+        # they are, so that writing them again after a lost answer changes nothing twice.
+        self._unsettled: list[Settlement] = []
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat: asyncio.Task[None] | None = None
         self._share = config.max_in_flight_per_webhook
         self._live: list[str] = [self.worker_id]
         self._joining = False
@@ -103,6 +105,7 @@ class Worker:
                 self.config.maintenance_interval * 1.2, self._take_share
             )
         await self.sender.start()
+        self._heartbeat = asyncio.create_task(self._beat_forever(), name="hookd-heartbeat")
         self._tasks = [
             asyncio.create_task(self._run(), name="hookd-dispatch"),
             asyncio.create_task(self._listen(), name="hookd-listen"),
@@ -111,7 +114,8 @@ class Worker:
 
     async def stop(self, grace: float = 35.0) -> None:
         """Stop claiming, let attempts under way finish (up to ``grace`` seconds), record
-        them, and give back any delivery that could not finish, due at once."""
+        them, and give back any delivery that could not finish, due at once. The worker
+        keeps its heartbeat (and so its share of the cap) until its last attempt is over."""
         self._stopping = True
         self._wake.set()
         dispatcher, helpers = self._tasks[:1], self._tasks[1:]
@@ -121,25 +125,29 @@ class Worker:
         for task in dispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        never_started = [item for line in self._waiting.values() for item in line]
-        self._waiting.clear()
         if self._in_flight:
             await asyncio.wait([task for _c, task in self._in_flight.values()], timeout=grace)
-        unfinished = never_started + [claimed for claimed, _task in self._in_flight.values()]
+        unfinished = [claimed for claimed, _task in self._in_flight.values()]
         for _claimed, task in list(self._in_flight.values()):
             task.cancel()
         for task in helpers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         try:
-            await self._flush()
+            await self._settle()
             await self.store.release(unfinished)
-            await self.store.retire(self.worker_id)
-        except DatabaseUnavailable:
+        except Exception as exc:
             log.warning(
-                "database unavailable at shutdown; leases will expire instead",
+                "could not record the last outcomes at shutdown; their leases will expire",
+                error=str(exc),
                 deliveries=len(unfinished),
             )
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._heartbeat
+        with contextlib.suppress(Exception):
+            await self.store.retire(self.worker_id)
         await self.sender.close()
 
     # The dispatch loop.
@@ -148,50 +156,35 @@ class Worker:
         self._claims += 1
         return f"{self.worker_id}-{self._claims}"
 
-    async def _flush(self) -> None:
+    async def _settle(self) -> None:
+        """Write every outcome not yet written (raises DatabaseUnavailable, keeping them)."""
         if self._done:
             done, self._done = self._done, []
-            settlement = build_settlement(
-                done, self.config.retry_schedule, self.config.suspend_after, self.rng
+            self._unsettled.append(
+                build_settlement(
+                    done, self.config.retry_schedule, self.config.suspend_after, self.rng
+                )
             )
+        while self._unsettled:
             try:
-                await self.store.cycle(settlement, None)
-            except BaseException:
-                self._done[:0] = done
+                await self.store.settle(self._unsettled[0])
+            except DatabaseUnavailable:
                 raise
+            except Exception:
+                # Not the database being away: this batch cannot be written. Drop it rather
+                # than stop all delivery; its deliveries are sent again once their leases end.
+                log.exception("could not record a batch of outcomes; it will be retried")
+            self._unsettled.pop(0)
 
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
             self._wake.clear()
-            done, self._done = self._done, []
-            settlement = (
-                build_settlement(
-                    done, self.config.retry_schedule, self.config.suspend_after, self.rng
-                )
-                if done
-                else None
-            )
-            room = self.config.concurrency - len(self._in_flight) - self._queued
-            claim = (
-                ClaimRequest(
-                    now=self.clock(),
-                    capacity=room,
-                    per_webhook=self.config.max_in_flight_per_webhook,
-                    margin_ms=self.config.lease_margin_ms,
-                    token=self._token(),
-                    worker=self.worker_id,
-                    share=self._share,
-                    depth=self.config.prefetch,
-                )
-                if room > 0
-                else None
-            )
+            room = self.config.concurrency - len(self._in_flight)
             try:
-                claimed = await self.store.cycle(settlement, claim)
+                await self._settle()
+                claimed = await self.store.claim(self._claim_request(room)) if room > 0 else []
             except DatabaseUnavailable as exc:
-                # Keep the outcomes; they are written when the database is back.
-                self._done[:0] = done
                 log.warning(
                     "database unavailable; delivery paused", error=exc.detail, retry_in=backoff
                 )
@@ -199,23 +192,33 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             except Exception:
-                self._done[:0] = done
                 log.exception("delivery loop failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
             backoff = 0.1
             for item in claimed:
-                self._dispatch(item)
+                self._in_flight[item.id] = (item, asyncio.create_task(self._attempt(item)))
             IN_FLIGHT.set(len(self._in_flight))
-            if claim is not None and len(claimed) == claim.capacity:
+            if claimed and len(claimed) == room:
                 continue  # more may be waiting
             if self._done:
                 continue
             await self._sleep()
 
+    def _claim_request(self, room: int) -> ClaimRequest:
+        return ClaimRequest(
+            now=self.clock(),
+            capacity=room,
+            per_webhook=self.config.max_in_flight_per_webhook,
+            margin_ms=self.config.lease_margin_ms,
+            token=self._token(),
+            worker=self.worker_id,
+            share=self._share,
+        )
+
     async def _sleep(self) -> None:
         timeout = self.config.poll_interval
-        if not self._in_flight or len(self._in_flight) < self.config.concurrency:
+        if self._share and len(self._in_flight) < self.config.concurrency:
             with contextlib.suppress(DatabaseUnavailable):
                 due = await self.store.next_due()
                 if due is not None:
@@ -230,32 +233,6 @@ class Worker:
         while not self._stopping:
             if await self.store.wait_for_work(60.0):
                 self._wake.set()
-
-    def _dispatch(self, item: ClaimedDelivery) -> None:
-        """Start ``item`` now if its webhook has a free slot in this worker, else line it up."""
-        hook = item.webhook_id
-        if self._running[hook] < self._share:
-            self._start(item)
-        else:
-            self._waiting.setdefault(hook, deque()).append(item)
-            self._queued += 1
-
-    def _start(self, item: ClaimedDelivery) -> None:
-        self._running[item.webhook_id] += 1
-        self._in_flight[item.id] = (item, asyncio.create_task(self._attempt(item)))
-
-    def _finished(self, item: ClaimedDelivery) -> None:
-        hook = item.webhook_id
-        self._in_flight.pop(item.id, None)
-        self._running[hook] -= 1
-        line = self._waiting.get(hook)
-        if line and not self._stopping and self._running[hook] < self._share:
-            self._queued -= 1
-            self._start(line.popleft())
-            if not line:
-                del self._waiting[hook]
-        elif not self._running[hook]:
-            del self._running[hook]
 
     def _take_share(self) -> None:
         self._joining = False
@@ -274,7 +251,7 @@ class Worker:
         try:
             result = await self.sender.send(claimed)
         finally:
-            self._finished(claimed)
+            self._in_flight.pop(claimed.id, None)
         self._done.append((claimed, result))
         self._wake.set()
         (_SUCCEEDED if result.succeeded else _FAILED).inc()
@@ -293,13 +270,30 @@ class Worker:
         else:
             log.info("attempt failed", reason=result.message, **fields)
 
-    # Maintenance.
+    # Heartbeat and maintenance.
+
+    async def _beat(self) -> list[str]:
+        # A worker whose heartbeat is three intervals old no longer counts.
+        stale_before = self.clock() - round(3 * self.config.maintenance_interval * 1000)
+        self._live = await self.store.beat(self.worker_id, stale_before)
+        if not self._joining:
+            self._share = self._share_of(self._live)
+        return self._live
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.maintenance_interval)
+            try:
+                await self._beat()
+            except DatabaseUnavailable:
+                pass
+            except Exception:
+                log.exception("heartbeat failed")
 
     async def _maintain(self) -> None:
         last_purge = 0.0
         while not self._stopping:
             try:
-                await self._beat()
                 released = await self.store.release_expired()
                 if released:
                     log.info("expired leases returned to the queue", deliveries=released)
@@ -312,14 +306,6 @@ class Worker:
             except Exception:
                 log.exception("maintenance failed")
             await asyncio.sleep(self.config.maintenance_interval)
-
-    async def _beat(self) -> list[str]:
-        # A worker whose heartbeat is three intervals old no longer counts.
-        stale_before = self.clock() - round(3 * self.config.maintenance_interval * 1000)
-        self._live = await self.store.beat(self.worker_id, stale_before)
-        if not self._joining:
-            self._share = self._share_of(self._live)
-        return self._live
 
     async def purge(self) -> int:
         """Delete events, deliveries and attempts older than the retention, a batch at a time."""

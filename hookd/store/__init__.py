@@ -212,10 +212,13 @@ class Store:
 
     # The queue.
 
-    async def cycle(
-        self, settlement: Settlement | None, claim: ClaimRequest | None
-    ) -> list[ClaimedDelivery]:
-        return await self.driver.work(queue.cycle(self.dialect, settlement, claim))
+    async def settle(self, settlement: Settlement) -> None:
+        """Record a batch of attempts' outcomes."""
+        await self.driver.work(queue.settle(self.dialect, settlement))
+
+    async def claim(self, request: ClaimRequest) -> list[ClaimedDelivery]:
+        """Lease due deliveries to a worker."""
+        return await self.driver.work(queue.claim(self.dialect, request))
 
     async def next_due(self) -> int | None:
         return await self.driver.read(queue.next_due())

@@ -179,7 +179,10 @@ class PostgresDriver:
                         self._announce()
                     return result
             except _UNAVAILABLE as exc:
-                if (session is not None and session.executed) or not retry:
+                # Outside a transaction a write may have committed before the connection
+                # broke; only a transaction (rolled back with it) or a read can be re-run.
+                may_have_written = not transaction and not readonly
+                if may_have_written or (session is not None and session.executed) or not retry:
                     raise DatabaseUnavailable(str(exc)) from exc
         raise AssertionError("unreachable")
 
@@ -213,11 +216,7 @@ class PostgresDriver:
                     max_inactive_connection_lifetime=300,
                     command_timeout=60,
                     reset=_keep_session,
-                    server_settings={
-                        "synchronous_commit": "off",
-                        # The worker's statements plan the same whatever their parameters.
-                        # "plan_cache_mode": "force_generic_plan",
-                    },
+                    server_settings={"synchronous_commit": "off"},
                 )
             except _UNAVAILABLE as exc:
                 raise DatabaseUnavailable(str(exc)) from exc

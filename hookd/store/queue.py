@@ -19,25 +19,22 @@ __all__ = [
     "ClaimRequest",
     "Settlement",
     "beat",
-    "cycle",
+    "claim",
     "next_due",
     "purge",
     "release",
     "release_expired",
     "retire",
+    "settle",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     """Lease at most ``capacity`` due deliveries for the worker named ``worker`` (the prefix
-    of its lease tokens), ``token`` naming this claim.
-
-    Per webhook, the worker may run ``share`` attempts at once (the workers' shares add up
-    to the per-webhook cap), and leases up to ``depth`` times that, so that the next
-    attempt can start the moment one finishes, without waiting for the database. A lease
-    lasts ``depth`` of the webhook's timeouts (the wait in line included) plus ``margin_ms``.
-    """
+    of its lease tokens), ``token`` naming this claim; per webhook at most ``per_webhook``
+    leased across all workers and at most ``share`` of them to this worker. A lease lasts
+    the webhook's timeout plus ``margin_ms``."""
 
     now: int
     capacity: int
@@ -46,18 +43,11 @@ class ClaimRequest:
     token: str
     worker: str = ""
     share: int | None = None
-    depth: int = 1
-
-    @property
-    def max_leased(self) -> int:
-        """Leases per webhook across all workers."""
-        return self.per_webhook * self.depth
 
     @property
     def my_leased(self) -> int:
         """Leases per webhook for this worker."""
-        share = self.per_webhook if self.share is None else min(self.share, self.per_webhook)
-        return share * self.depth
+        return self.per_webhook if self.share is None else min(self.share, self.per_webhook)
 
     @property
     def mine(self) -> str:
@@ -80,7 +70,9 @@ class Settlement:
 def settle(dialect: str, settlement: Settlement) -> Op[None]:
     """Write a batch of outcomes. Lock order, everywhere: webhook rows (in id order) before
     delivery rows; the API's writes (delete, which cancels deliveries) take them in the
-    same order, so there is no deadlock."""
+    same order, so there is no deadlock. Writing a batch twice changes nothing twice."""
+    if not settlement:
+        return
     webhooks = sorted(settlement.webhooks, key=lambda r: str(r["id"]))
     if dialect == "postgresql":
         # One statement, atomic by itself, with each table's rows as arrays.
@@ -108,10 +100,9 @@ def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
         "claim",
         now=req.now,
         capacity=req.capacity,
-        max_leased=req.max_leased,
+        max_leased=req.per_webhook,
         my_leased=req.my_leased,
         mine=req.mine,
-        depth=req.depth,
         margin=req.margin_ms,
         token=req.token,
     )
@@ -131,7 +122,7 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
     ids: list[str] = []
     for head in heads:
         everyone, mine = inflight.get(head["webhook_id"], (0, 0))
-        free = min(req.max_leased - everyone, req.my_leased - mine, req.capacity - len(ids))
+        free = min(req.per_webhook - everyone, req.my_leased - mine, req.capacity - len(ids))
         if free <= 0:
             continue
         taken = yield rows(
@@ -139,7 +130,7 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
             webhook_id=head["webhook_id"],
             now=req.now,
             n=free,
-            lease_until=req.now + head["timeout_ms"] * req.depth + req.margin_ms,
+            lease_until=req.now + head["timeout_ms"] + req.margin_ms,
             token=req.token,
         )
         ids += [r["id"] for r in taken]
@@ -151,7 +142,7 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
             leases = [
                 {
                     "id": t["id"],
-                    "lease_until": req.now + t["timeout_ms"] * req.depth + req.margin_ms,
+                    "lease_until": req.now + t["timeout_ms"] + req.margin_ms,
                     "token": req.token,
                 }
                 for t in tests
@@ -163,17 +154,12 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
     return list((yield rows("claim_details", ids=ids)))
 
 
-def cycle(
-    dialect: str, settlement: Settlement | None, claim: ClaimRequest | None
-) -> Op[list[ClaimedDelivery]]:
-    """Record finished attempts, then lease new work (on SQLite in one transaction; on
-    PostgreSQL in two statements, each atomic, the second seeing the slots the first freed)."""
-    if settlement:
-        yield from settle(dialect, settlement)
-    if claim is None or claim.capacity <= 0:
+def claim(dialect: str, req: ClaimRequest) -> Op[list[ClaimedDelivery]]:
+    """Lease new work (PostgreSQL: one statement; SQLite: step by step, its writer being one)."""
+    if req.capacity <= 0:
         return []
-    found = yield from (_claim_postgres(claim) if dialect == "postgresql" else _claim_sqlite(claim))
-    return [ClaimedDelivery.from_row(r, claim.token) for r in found]
+    found = yield from (_claim_postgres(req) if dialect == "postgresql" else _claim_sqlite(req))
+    return [ClaimedDelivery.from_row(r, req.token) for r in found]
 
 
 def next_due() -> Op[int | None]:

@@ -187,44 +187,6 @@ WHERE id = :id AND lease_token = :token;
 -- Deliveries whose worker died go back to the queue once their lease is over.
 UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE lease_until < :now;
 
--- name: outcome_attempt
-INSERT INTO attempts (id, delivery_id, webhook_id, attempt_number, attempted_at, succeeded,
-                      status_code, response_time_ms, response_body, error)
-VALUES (:id, :delivery_id, :webhook_id, :attempt_number, :attempted_at, :succeeded,
-        :status_code, :response_time_ms, :response_body, :error);
-
--- name: outcome_delivery
--- Only the lease holder settles a delivery; a cancelled one stays cancelled.
-UPDATE deliveries
-SET status = :status, attempt_count = :attempt_count, next_attempt_at = :next_attempt_at,
-    lease_until = NULL, lease_token = NULL, last_attempt_at = :attempted_at,
-    last_status_code = :status_code, last_status_message = :status_message
-WHERE id = :id AND lease_token = :token AND status = 'pending';
-
--- name: outcome_webhook
--- One batch's attempts to one webhook, folded in Python into these parameters (see
--- hookd.delivery.health). Every expression reads the row as it was, so concurrent batches
--- from several workers each apply on top of the other without losing an update.
-UPDATE webhooks
-SET last_status_code = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_code ELSE last_status_code END,
-    last_status_message = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_message ELSE last_status_message END,
-    last_response_time = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_response_time ELSE last_response_time END,
-    last_status_at = CASE WHEN coalesce(last_status_at, 0) <= :last_at THEN :last_at ELSE last_status_at END,
-    avg_response_time = CASE WHEN response_samples = 0 THEN :fresh_avg
-                             ELSE avg_response_time * :decay + :contribution END,
-    response_samples = response_samples + :samples,
-    errors_since_last_success = CASE WHEN :attempt_succeeded THEN :errors_after
-                                     ELSE errors_since_last_success + :errors_after END,
-    consecutive_failures = CASE WHEN :delivery_succeeded THEN :failures_after
-                                ELSE consecutive_failures + :failures_after END,
-    last_success_at = CASE WHEN :success_at > coalesce(last_success_at, -1) THEN :success_at
-                           ELSE last_success_at END,
-    status = CASE WHEN status = 'active'
-                   AND (CASE WHEN :delivery_succeeded THEN :failures_after
-                             ELSE consecutive_failures + :failures_after END) >= :suspend_after
-                  THEN 'suspended' ELSE status END
-WHERE id = :id;
-
 -- name: purge_deliveries_batch
 SELECT id FROM deliveries WHERE id < :before_id AND lease_until IS NULL ORDER BY id LIMIT :limit;
 

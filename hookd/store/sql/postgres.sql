@@ -24,10 +24,10 @@ WITH k AS (
 SELECT k.*, (SELECT count FROM counted) AS request_count FROM k;
 
 -- name: claim
--- Lease due deliveries: for each active webhook, up to this worker's free lease slots (and
--- within the slots of all workers together), oldest webhooks' work first, at most
--- :capacity in all; and test deliveries to webhooks that are not active (active ones come
--- through the queue). Returns what the sender needs.
+-- Lease due deliveries: for each active webhook, up to this worker's free slots (and within
+-- the cap, counting every worker's leases), oldest webhooks' work first, at most :capacity
+-- in all; and test deliveries to webhooks that are not active (active ones come through
+-- the queue). Returns what the sender needs.
 WITH inflight AS (
     SELECT webhook_id, count(*) AS n, count(*) FILTER (WHERE lease_token LIKE :mine) AS m
     FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id
@@ -60,7 +60,7 @@ WITH inflight AS (
     (SELECT id, timeout_ms FROM tests LIMIT greatest(0, :capacity - (SELECT count(*) FROM queued)))
 )
 UPDATE deliveries d
-SET lease_until = :now + p.timeout_ms * :depth + :margin, lease_token = :token
+SET lease_until = :now + p.timeout_ms + :margin, lease_token = :token
 FROM picked p, events e, webhooks w
 WHERE d.id = p.id AND e.id = d.event_id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
@@ -77,10 +77,13 @@ WHERE e.organization_id = :organization_id AND e.created_at >= :since AND e.crea
 ORDER BY e.created_at, e.id LIMIT :limit;
 
 -- name: purge_attempts
-DELETE FROM attempts WHERE delivery_id = ANY(:ids);
+DELETE FROM attempts
+WHERE delivery_id IN (SELECT id FROM deliveries WHERE id = ANY(:ids) AND lease_until IS NULL);
 
 -- name: purge_deliveries
-DELETE FROM deliveries WHERE id = ANY(:ids);
+-- A delivery claimed since the batch was picked stays (with its attempts, kept above).
+DELETE FROM deliveries d WHERE d.id = ANY(:ids) AND d.lease_until IS NULL
+  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id);
 
 -- name: purge_events
 DELETE FROM events WHERE id = ANY(:ids);
@@ -111,6 +114,23 @@ WITH locked AS (
         AS u(id, last_at, last_code, last_message, last_response_time, fresh_avg, decay,
              contribution, samples, attempt_succeeded, errors_after, delivery_succeeded,
              failures_after, success_at)
+), settled AS (
+    -- Only the lease holder settles a delivery; a cancelled one stays cancelled.
+    UPDATE deliveries d
+    SET status = u.status, attempt_count = u.attempt_count, next_attempt_at = u.next_attempt_at,
+        lease_until = NULL, lease_token = NULL, last_attempt_at = u.attempted_at,
+        last_status_code = u.status_code, last_status_message = u.status_message
+    FROM unnest(:d_id::text[], :d_token::text[], :d_status::text[], :d_attempt_count::int[],
+                :d_next_attempt_at::bigint[], :d_attempted_at::bigint[], :d_status_code::int[],
+                :d_status_message::text[])
+         AS u(id, token, status, attempt_count, next_attempt_at, attempted_at, status_code, status_message)
+    WHERE d.id = u.id AND d.status = 'pending'
+      AND (d.lease_token = u.token
+           -- the lease ran out while the outcome waited (the database was away) and no
+           -- other worker has claimed it since: the outcome still stands
+           OR (d.lease_token IS NULL AND d.attempt_count = u.attempt_count - 1))
+      AND EXISTS (SELECT 1 FROM locked)  -- webhook rows first: the order every writer keeps
+    RETURNING d.id, d.webhook_id
 ), health AS (
     UPDATE webhooks h
     SET last_status_code = CASE WHEN coalesce(h.last_status_at, 0) <= w.last_at THEN w.last_code ELSE h.last_status_code END,
@@ -132,19 +152,9 @@ WITH locked AS (
                       THEN 'suspended' ELSE h.status END
     FROM locked, w
     WHERE h.id = locked.id AND w.id = locked.id
+      -- written once: a batch written again (its first answer was lost) settles nothing
+      AND EXISTS (SELECT 1 FROM settled s WHERE s.webhook_id = h.id)
     RETURNING h.id
-), settled AS (
-    -- Only the lease holder settles a delivery; a cancelled one stays cancelled.
-    UPDATE deliveries d
-    SET status = u.status, attempt_count = u.attempt_count, next_attempt_at = u.next_attempt_at,
-        lease_until = NULL, lease_token = NULL, last_attempt_at = u.attempted_at,
-        last_status_code = u.status_code, last_status_message = u.status_message
-    FROM unnest(:d_id::text[], :d_token::text[], :d_status::text[], :d_attempt_count::int[],
-                :d_next_attempt_at::bigint[], :d_attempted_at::bigint[], :d_status_code::int[],
-                :d_status_message::text[])
-         AS u(id, token, status, attempt_count, next_attempt_at, attempted_at, status_code, status_message)
-    WHERE d.id = u.id AND d.lease_token = u.token AND d.status = 'pending'
-    RETURNING d.id
 ), tried AS (
     INSERT INTO attempts (id, delivery_id, webhook_id, attempt_number, attempted_at, succeeded,
                           status_code, response_time_ms, response_body, error)
@@ -152,6 +162,7 @@ WITH locked AS (
                          :a_attempt_number::int[], :a_attempted_at::bigint[], :a_succeeded::bool[],
                          :a_status_code::int[], :a_response_time_ms::int[], :a_response_body::bytea[],
                          :a_error::text[])
+    ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
 SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT count(*) FROM tried);
