@@ -106,7 +106,7 @@ def publish(
         if draft.topic in _json_list(t["topics"])
     ]
     if batch:
-        yield many("delivery_insert", batch, deferrable=True)
+        yield many("delivery_insert", batch)
         yield notify()
     return event_id, draft.topic, now, True
 

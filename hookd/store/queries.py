@@ -50,9 +50,6 @@ class Statement:
     mode: Mode
     params: Mapping[str, Any]
     batch: Sequence[Mapping[str, Any]] = ()
-    # A batch statement whose rows the operation never reads back: a driver may run it at
-    # the end of the transaction, merged with the same statement of other operations.
-    deferrable: bool = False
 
 
 Op = Generator[Statement, Any, T]
@@ -101,8 +98,8 @@ def run(name: str, /, **params: Any) -> Statement:
     return Statement(name, "run", params)
 
 
-def many(name: str, batch: Sequence[Mapping[str, Any]], *, deferrable: bool = False) -> Statement:
-    return Statement(name, "many", {}, batch, deferrable)
+def many(name: str, batch: Sequence[Mapping[str, Any]]) -> Statement:
+    return Statement(name, "many", {}, batch)
 
 
 def notify() -> Statement:

@@ -72,15 +72,10 @@ class _Session:
         self.conn = conn
         self.queries = queries
         self.notify = False
-        # The current operation's deferrable batch rows, by query name.
-        self.deferred: dict[str, list[Mapping[str, Any]]] = {}
 
     def execute(self, st: Statement) -> Any:
         if st.mode == "notify":
             self.notify = True
-            return None
-        if st.deferrable:
-            self.deferred.setdefault(st.name, []).extend(st.batch)
             return None
         sql = self.queries[st.name].sql
         if st.mode == "many":
@@ -115,8 +110,6 @@ class _Session:
 
 def _heavy(st: Statement) -> bool:
     """Whether a statement is worth running on the helper thread (a thread hop costs ~50 us)."""
-    if st.deferrable:
-        return False
     if st.mode == "many":
         return len(st.batch) >= _OFFLOAD_ROWS
     return st.name in _HEAVY_QUERIES
@@ -280,10 +273,8 @@ class SqliteDriver:
                             self._executor, session.execute, statement
                         )
 
-                    deferred: dict[str, list[Mapping[str, Any]]] = {}
                     for op, future in batch:
                         conn.execute("SAVEPOINT job")
-                        session.deferred = {}
                         try:
                             value = await session.drive(op, offload)
                         except Exception as exc:
@@ -294,15 +285,7 @@ class SqliteDriver:
                         else:
                             conn.execute("RELEASE job")
                             notify = session.notify
-                            for name, rows in session.deferred.items():
-                                deferred.setdefault(name, []).extend(rows)
                             results.append((future, value, None))
-                    # The operations' deferrable rows, each statement once for the batch.
-                    for name, rows in deferred.items():
-                        merged = Statement(name, "many", {}, rows)
-                        await (
-                            offload(merged) if _heavy(merged) else _done(session.execute(merged))
-                        )
                     if self.synchronous == "full":
                         # The fsync: let the loop serve requests meanwhile.
                         await self._loop.run_in_executor(self._executor, conn.execute, "COMMIT")
@@ -354,10 +337,6 @@ class SqliteDriver:
         if isinstance(exc, sqlite3.Error) and _is_unavailable(exc):
             return DatabaseUnavailable(str(exc))
         return exc
-
-
-async def _done(value: Any) -> Any:
-    return value
 
 
 def _ping() -> Op[None]:
