@@ -36,6 +36,7 @@ T = TypeVar("T")
 _BATCH_MAX = 256
 # Batch statements with at least this many rows, and these queries, run on the helper thread.
 _OFFLOAD_ROWS = 32
+_BUSY_TIMEOUT_MS = 5000
 _HEAVY_QUERIES = frozenset({"claim_details", "purge_attempts", "purge_deliveries", "purge_events"})
 # Checkpoints (copying the WAL into the database file) run on the helper thread too, at
 # most this often, instead of inside whichever COMMIT crosses SQLite's threshold.
@@ -115,6 +116,14 @@ def _heavy(st: Statement) -> bool:
     return st.name in _HEAVY_QUERIES
 
 
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
+
+
 def _connect(path: str, *, writer: bool, synchronous: str = "normal") -> sqlite3.Connection:
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
     conn = sqlite3.connect(
@@ -170,6 +179,8 @@ class SqliteDriver:
             # mode=rw: never create an empty database here; migrations create the file.
             self._writer = _connect(self.path, writer=True, synchronous=self.synchronous)
             self._writer.execute("PRAGMA wal_autocheckpoint=0")
+            # Waits for the write lock happen off the event loop (see _begin).
+            self._writer.execute("PRAGMA busy_timeout=0")
             self._reader = _connect(self.path, writer=False)
             self._checkpointer = _connect(self.path, writer=False)
             self._checkpointer.execute("PRAGMA query_only=OFF")
@@ -262,7 +273,7 @@ class SqliteDriver:
                 notify = False
                 try:
                     self._check_file()
-                    conn.execute("BEGIN IMMEDIATE")
+                    await self._begin(conn)
                     session = _Session(conn, self._queries)
 
                     def offload(
@@ -310,6 +321,17 @@ class SqliteDriver:
                     self._work.set()
         finally:
             self._flusher = None
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        # Another process (hookd keys create, a second hookd) may hold the write lock for a
+        # moment: wait for it on the helper thread, never on the event loop.
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
+                raise
+            assert self._loop is not None
+            await self._loop.run_in_executor(self._executor, _begin_waiting, conn)
 
     def _maybe_checkpoint(self) -> None:
         assert self._loop is not None
