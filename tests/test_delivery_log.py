@@ -425,3 +425,19 @@ async def _counts(api: Api) -> dict[str, int]:
             counts[table] = await pg.fetchval(f"SELECT count(*) FROM {table}")
             await pg.close()
     return counts
+
+
+async def test_retry_asked_during_an_attempt_is_not_lost(api: Api, receiver: Receiver) -> None:
+    receiver.behave("/hook", status=500, delay=0.5)
+    hook = await webhook(api, receiver)
+    async with worker_for(api, retry_schedule=""):
+        await api.publish()
+        await receiver.wait_for(1)  # the first attempt is under way
+        [delivery] = await deliveries(api, hook["id"])
+        retried = await api.post(f"/v2/webhooks/{hook['id']}/deliveries/{delivery['id']}/retry")
+        assert retried.status_code == 202
+        receiver.behave("/hook", status=204)
+        await receiver.wait_for(2, timeout=10)
+        detail = await eventually(lambda: _attempts_at_least(api, hook["id"], delivery["id"], 2))
+    assert [a["succeeded"] for a in detail["attempts"]] == [False, True]
+    assert detail["status"] == "succeeded", "the retry asked for mid-attempt was made"

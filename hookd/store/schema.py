@@ -147,6 +147,7 @@ deliveries = Table(
     Column("next_attempt_at", BigInteger, nullable=True),
     Column("lease_until", BigInteger, nullable=True),
     Column("lease_token", Text, nullable=True),
+    Column("retry_requested", Boolean, nullable=False, server_default=text("false")),
     Column("last_attempt_at", BigInteger, nullable=True),
     Column("last_status_code", Integer, nullable=True),
     Column("last_status_message", Text, nullable=True),

@@ -138,8 +138,10 @@ ORDER BY id DESC LIMIT :limit;
 SELECT * FROM attempts WHERE delivery_id = :delivery_id ORDER BY attempt_number, id;
 
 -- name: delivery_retry
--- Queue a delivery to be attempted now; an in-flight attempt keeps its lease.
-UPDATE deliveries SET status = 'pending', next_attempt_at = :now
+-- Queue a delivery to be attempted now. One with an attempt under way keeps its lease, and
+-- is marked so that settling that attempt queues the retry instead of overwriting it.
+UPDATE deliveries SET status = 'pending', next_attempt_at = :now,
+                      retry_requested = (lease_until IS NOT NULL)
 WHERE id = :id AND webhook_id = :webhook_id AND status <> 'cancelled';
 
 -- name: deliveries_cancel

@@ -116,8 +116,11 @@ WITH locked AS (
              failures_after, success_at)
 ), settled AS (
     -- Only the lease holder settles a delivery; a cancelled one stays cancelled.
+    -- A retry asked for while the attempt was under way is queued now (retry_requested).
     UPDATE deliveries d
-    SET status = u.status, attempt_count = u.attempt_count, next_attempt_at = u.next_attempt_at,
+    SET status = CASE WHEN d.retry_requested THEN 'pending' ELSE u.status END,
+        next_attempt_at = CASE WHEN d.retry_requested THEN u.attempted_at ELSE u.next_attempt_at END,
+        retry_requested = FALSE, attempt_count = u.attempt_count,
         lease_until = NULL, lease_token = NULL, last_attempt_at = u.attempted_at,
         last_status_code = u.status_code, last_status_message = u.status_message
     FROM unnest(:d_id::text[], :d_token::text[], :d_status::text[], :d_attempt_count::int[],

@@ -72,8 +72,11 @@ WHERE id = :id;
 
 -- name: outcome_delivery
 -- Only the lease holder settles a delivery; a cancelled one stays cancelled.
+-- A retry asked for while the attempt was under way is queued now (retry_requested).
 UPDATE deliveries
-SET status = :status, attempt_count = :attempt_count, next_attempt_at = :next_attempt_at,
+SET status = CASE WHEN retry_requested THEN 'pending' ELSE :status END,
+    next_attempt_at = CASE WHEN retry_requested THEN :attempted_at ELSE :next_attempt_at END,
+    retry_requested = FALSE, attempt_count = :attempt_count,
     lease_until = NULL, lease_token = NULL, last_attempt_at = :attempted_at,
     last_status_code = :status_code, last_status_message = :status_message
 WHERE id = :id AND status = 'pending'

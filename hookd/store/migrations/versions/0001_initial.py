@@ -150,6 +150,7 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", sa.BigInteger),
         sa.Column("lease_until", sa.BigInteger),
         sa.Column("lease_token", sa.Text),
+        sa.Column("retry_requested", sa.Boolean, nullable=False, server_default=sa.text("false")),
         sa.Column("last_attempt_at", sa.BigInteger),
         sa.Column("last_status_code", sa.Integer),
         sa.Column("last_status_message", sa.Text),
