@@ -187,9 +187,19 @@ class Store:
     async def recover(
         self, organization_id: str, webhook_id: str, topics: list[str], since: int, until: int
     ) -> int:
-        return await self.driver.write(
-            events.recover(organization_id, webhook_id, topics, since, until, self.clock())
-        )
+        """Queue the window's events that the webhook has no succeeded or pending delivery
+        of, a page per transaction; returns how many."""
+        queued = 0
+        after = (since - 1, "")
+        while True:
+            op = events.recover_chunk(
+                organization_id, webhook_id, topics, since, until, after, self.clock()
+            )
+            page = await self.driver.write(op)
+            queued += page.queued
+            if page.done:
+                return queued
+            after = (page.after_at, page.after_id)
 
     # The delivery log.
 

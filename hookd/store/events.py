@@ -15,7 +15,7 @@ __all__ = [
     "create_test_delivery",
     "publish",
     "publish_in_one_statement",
-    "recover",
+    "recover_chunk",
 ]
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
@@ -157,34 +157,51 @@ def create_test_delivery(
     return Delivery.from_row(created)
 
 
-def recover(
-    organization_id: str, webhook_id: str, topics: list[str], since: int, until: int, now: int
-) -> Op[int]:
-    """Queue every event of ``[since, until)`` on ``topics`` with no succeeded or pending
-    delivery to the webhook; returns how many. The webhook row is locked first, so two
-    recoveries of one webhook run one after the other and the second finds nothing new.
+@dataclass(frozen=True, slots=True)
+class RecoveryPage:
+    """Where a recovery stands: events queued by the last chunk, and where to go on."""
+
+    queued: int
+    after_at: int
+    after_id: str
+    done: bool
+
+
+def recover_chunk(
+    organization_id: str,
+    webhook_id: str,
+    topics: list[str],
+    since: int,
+    until: int,
+    after: tuple[int, str],
+    now: int,
+) -> Op[RecoveryPage]:
+    """One page of a recovery, in its own transaction: the next events of ``[since, until)``
+    on ``topics`` after ``after`` (created_at, id), each queued unless it already has a
+    succeeded or pending delivery to the webhook. Recoveries of one webhook take turns page
+    by page (PostgreSQL: an advisory lock; SQLite: its one writer), so a second recovery of
+    a window sees the first one's deliveries and queues nothing new; nothing else waits.
     """
-    yield one("webhook_get_locked", id=webhook_id, organization_id=organization_id)
-    queued = 0
-    while True:
-        found = yield rows(
-            "recover_candidates",
-            organization_id=organization_id,
-            webhook_id=webhook_id,
-            topics=topics,
-            since=since,
-            until=until,
-            limit=_RECOVER_CHUNK,
-        )
-        if not found:
-            break
+    yield run("recover_lock", webhook_id=webhook_id)
+    page = yield rows(
+        "recover_page",
+        organization_id=organization_id,
+        webhook_id=webhook_id,
+        topics=topics,
+        since=since,
+        until=until,
+        after_at=after[0],
+        after_id=after[1],
+        limit=_RECOVER_CHUNK,
+    )
+    missing = [r for r in page if r["missing"]]
+    if missing:
         yield many(
             "delivery_insert",
-            [_delivery_row(webhook_id, r["id"], r["topic"], False, now) for r in found],
+            [_delivery_row(webhook_id, r["id"], r["topic"], False, now) for r in missing],
         )
-        queued += len(found)
-        if len(found) < _RECOVER_CHUNK:
-            break
-    if queued:
         yield notify()
-    return queued
+    if not page:
+        return RecoveryPage(0, after[0], after[1], True)
+    last = page[-1]
+    return RecoveryPage(len(missing), last["created_at"], last["id"], len(page) < _RECOVER_CHUNK)

@@ -197,3 +197,7 @@ SELECT e.id FROM events e
 WHERE e.created_at < :before
   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
 ORDER BY e.created_at LIMIT :limit;
+
+-- name: recover_lock
+-- SQLite's one writer already makes recoveries take turns.
+SELECT 1;

@@ -28,14 +28,22 @@ SELECT d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.le
 FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
 WHERE d.id IN (SELECT value FROM json_each(:ids));
 
--- name: recover_candidates
-SELECT e.id, e.topic FROM events e
-WHERE e.organization_id = :organization_id AND e.created_at >= :since AND e.created_at < :until
-  AND NOT e.is_test AND e.topic IN (SELECT value FROM json_each(:topics))
-  AND NOT EXISTS (SELECT 1 FROM deliveries d
-                  WHERE d.event_id = e.id AND d.webhook_id = :webhook_id
-                    AND d.status IN ('succeeded', 'pending'))
-ORDER BY e.created_at, e.id LIMIT :limit;
+-- name: recover_page
+-- The next page of a recovery window, and for each event whether the webhook lacks a
+-- succeeded or pending delivery of it. The page is chosen first, so the check is one index
+-- look-up per event of the page, never a scan of the webhook's whole history.
+WITH page AS (
+    SELECT e.id, e.topic, e.created_at FROM events e
+    WHERE e.organization_id = :organization_id AND e.created_at >= :since AND e.created_at < :until
+      AND NOT e.is_test AND e.topic IN (SELECT value FROM json_each(:topics))
+      AND (e.created_at > :after_at OR (e.created_at = :after_at AND e.id > :after_id))
+    ORDER BY e.created_at, e.id LIMIT :limit
+)
+SELECT p.id, p.topic, p.created_at,
+       NOT EXISTS (SELECT 1 FROM deliveries d
+                   WHERE d.event_id = p.id AND d.webhook_id = :webhook_id
+                     AND d.status IN ('succeeded', 'pending')) AS missing
+FROM page p ORDER BY p.created_at, p.id;
 
 -- name: purge_attempts
 DELETE FROM attempts WHERE delivery_id IN (SELECT value FROM json_each(:ids));
