@@ -137,7 +137,9 @@ async def authenticate(request: Request) -> Principal:
     if context.revoked:
         raise ApiError(401, "api_key_revoked", "This API key has been revoked; use another key.")
     org = context.organization
-    request.state.version = org.default_version
+    asked = (request.headers.get("featurebase-version") or "").strip()
+    # The version a 429 answers with: the one asked for if it is one, else the default.
+    request.state.version = asked if asked in API_VERSIONS else org.default_version
     if limiter.limit > 0:
         used = (
             context.request_count
