@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_TOTAL} requests, checked")
     parser.add_argument("--json", action="store_true", help="print one JSON line per run only")
     parser.add_argument("--no-save", action="store_true", help="do not append to results/")
+    parser.add_argument("--summary-file", type=Path, help=argparse.SUPPRESS)  # for run_all.py
     args = parser.parse_args(argv)
 
     total = args.total or (SMOKE_TOTAL if args.smoke else DEFAULT_TOTAL)
@@ -363,6 +365,17 @@ def main(argv: list[str] | None = None) -> int:
         or r["ok"] != total
         or ("receiver_counted" in r and r["receiver_counted"] != total + r["warmup"])
     ]
+    if args.summary_file:
+        med = statistics.median(r["requests_per_s"] for r in results)
+        row = Result(
+            f"baseline: raw aiohttp sender -> {results[0].get('receiver', 'url')}"
+            f" (median of {len(results)})",
+            med,
+            "req/s",
+        )
+        args.summary_file.write_text(
+            json.dumps({"benchmark": "baseline", "ok": not failed, "rows": [row.as_dict()]})
+        )
     if failed:
         print(f"FAILED: {len(failed)} run(s) with errors or missing answers", file=sys.stderr)
         return 1

@@ -8,11 +8,13 @@ only: benchmarks never signal processes they did not start.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -26,8 +28,10 @@ from typing import Any
 
 __all__ = [
     "BENCH_DIR",
+    "DEFAULT_PG_ADMIN_URL",
     "RESULTS_DIR",
     "Result",
+    "add_run_arguments",
     "append_jsonl",
     "cpu_seconds",
     "free_port",
@@ -35,6 +39,8 @@ __all__ = [
     "peak_rss_kib",
     "percentile",
     "print_table",
+    "read_printed_key",
+    "run_hookd_cli",
     "start_process",
     "stop_process",
     "wait_for_port",
@@ -44,6 +50,52 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 LOOPBACK = "127.0.0.1"
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# The API key `hookd serve` prints, indented on a line of its own, on its first start.
+_KEY_LINE = re.compile(rb"^\s+(sk_[A-Za-z0-9_-]+)\s*$", re.M)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every hookd benchmark takes: --smoke, --pg-admin-url, --label,
+    --no-save and run_all.py's --summary-file."""
+    parser.add_argument("--smoke", action="store_true", help="small, checked, saves nothing")
+    parser.add_argument(
+        "--pg-admin-url",
+        default=DEFAULT_PG_ADMIN_URL,
+        help="database through which PostgreSQL benchmarks create and drop their own",
+    )
+    parser.add_argument("--label", help="free text stored with the results")
+    parser.add_argument("--no-save", action="store_true", help="do not append to results/")
+    parser.add_argument("--summary-file", type=Path, help=argparse.SUPPRESS)  # run_all.py
+
+
+def run_hookd_cli(
+    args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 120.0
+) -> str:
+    """Run ``python -m hookd <args>``; return its stdout, or raise with its stderr."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hookd", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"hookd {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def read_printed_key(stdout: Path, timeout: float = 10.0) -> str:
+    """The API key `hookd serve` printed on its first start, read from its stdout file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _KEY_LINE.search(stdout.read_bytes())
+        if found:
+            return found.group(1).decode()
+        if time.monotonic() > deadline:
+            raise RuntimeError("hookd serve printed no API key (not a fresh database?)")
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- ports
@@ -193,7 +245,9 @@ class Result:
     """One measured figure: ``value`` in ``unit``, optionally compared with a baseline.
 
     ``baseline`` is the same figure measured for the baseline (same unit); the ratio
-    printed and stored is ``value / baseline``.
+    printed and stored is ``value / baseline``, unless ``paired_ratio`` is given: the
+    ratio to report instead, e.g. the median of per-run ratios when ``value`` and
+    ``baseline`` are medians over runs that each measured both.
     """
 
     name: str
@@ -201,10 +255,14 @@ class Result:
     unit: str
     baseline: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    paired_ratio: float | None = None
 
     @property
     def ratio(self) -> float | None:
-        """Return ``value / baseline``, or ``None`` without a (non-zero) baseline."""
+        """Return ``paired_ratio`` if set, else ``value / baseline``, or ``None`` without a
+        (non-zero) baseline."""
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if not self.baseline:
             return None
         return self.value / self.baseline

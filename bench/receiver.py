@@ -115,6 +115,16 @@ def find_nginx() -> str | None:
     return None
 
 
+def receiver_kind(smoke: bool) -> Kind:
+    """The receiver a delivery benchmark uses: nginx, so that it measures the sender and not
+    the receiver; a smoke run (a check that the benchmark works, not a measurement) takes
+    the python receiver where nginx is not installed."""
+    if smoke and find_nginx() is None:
+        print("nginx not installed: this smoke run uses the python receiver", flush=True)
+        return "python"
+    return "nginx"
+
+
 def find_wrk() -> str | None:
     """Return the path of the ``wrk`` load generator (``apt-get install wrk``), if any."""
     return os.environ.get("HOOKD_BENCH_WRK") or shutil.which("wrk")
