@@ -9,7 +9,11 @@ import base64
 import hashlib
 import hmac
 import itertools
+import os
 import random
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +25,9 @@ import svix.webhooks
 
 from hookd import __version__
 from hookd.delivery.outcomes import retry_delay_ms
-from hookd.delivery.worker import Worker
+from hookd.delivery.worker import Worker, ran_here_and_died
 from hookd.server import build_worker
+from hookd.settings import Settings
 from hookd.store import ClaimRequest
 from tests.conftest import Api, eventually, make_settings
 from tests.receiver import Receiver
@@ -622,3 +627,56 @@ async def test_an_unprintable_answer_cannot_jam_the_worker(
         current["lastStatus"]["message"].startswith("Bad")
         and "\x00" not in current["lastStatus"]["message"]
     )
+
+
+# A worker restarted after kill -9
+
+
+def _gone_pid() -> int:
+    """The pid of a process that ran on this host and has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_worker_ids_tell_which_local_workers_no_longer_run() -> None:
+    host = socket.gethostname()[:64]
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as running:
+        try:
+            assert not ran_here_and_died(f"{host}/{running.pid}/abc")  # still runs
+        finally:
+            running.kill()
+    assert ran_here_and_died(f"{host}/{_gone_pid()}/abc")
+    assert not ran_here_and_died(f"{host}/{os.getpid()}/abc")  # this very process
+    assert not ran_here_and_died(f"another-host/{_gone_pid()}/abc")  # cannot know: alive
+    assert not ran_here_and_died("0123456789ab")  # an id of an older hookd
+    assert not ran_here_and_died(f"{host}/not-a-pid/abc")
+
+
+async def test_a_restarted_worker_does_not_wait_for_its_killed_predecessor(
+    api: Api, settings: Settings
+) -> None:
+    """After kill -9 the dead worker's heartbeat still looks recent; the new worker on the
+    same host drops it and takes the whole cap at once, instead of waiting a heartbeat
+    interval as it does when another live worker is there."""
+    dead = f"{socket.gethostname()[:64]}/{_gone_pid()}/0123456789ab"
+    await api.store.beat(dead, 0)
+    worker = build_worker(settings, api.store)
+    await worker.start()
+    try:
+        assert dead not in worker._live
+        assert not worker._joining
+        assert worker._share == settings.max_in_flight_per_webhook
+    finally:
+        await worker.stop(grace=2.0)
+
+    # A worker elsewhere (another host: its liveness cannot be checked here) still counts.
+    await api.store.beat("another-host/1/0123456789ab", 0)
+    await api.store.beat(f"{socket.gethostname()[:64]}/{_gone_pid()}/ba9876543210", 0)
+    worker = build_worker(settings, api.store)
+    await worker.start()
+    try:
+        assert worker._live == sorted(["another-host/1/0123456789ab", worker.worker_id])
+        assert worker._joining and worker._share == 0
+    finally:
+        await worker.stop(grace=2.0)

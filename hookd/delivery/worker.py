@@ -12,7 +12,9 @@ delivery is leased until its outcome is written, so attempts running never outnu
 leases, and the claim counts every worker's leases. The live workers (known by their
 heartbeats) also split the cap between them, so that each gets a fair share of every
 webhook instead of the fastest taking it all; a worker that joins waits one heartbeat
-interval before claiming, so that the others have shrunk their shares first.
+interval before claiming, so that the others have shrunk their shares first. Workers are
+named ``host/pid/random``, so a worker restarted after ``kill -9`` drops its dead
+predecessor on the same host instead of waiting for that heartbeat to go stale.
 
 Beside it, a heartbeat task keeps the worker counted until it has stopped, and a
 maintenance task returns expired leases to the queue and purges rows older than the
@@ -26,6 +28,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 
@@ -61,6 +64,35 @@ class WorkerConfig:
     purge_interval: float = 60.0
 
 
+_HOST = socket.gethostname()[:64]
+
+
+def new_worker_id() -> str:
+    """``host/pid/random``: unique, and telling a restarted worker on the same host whether
+    a worker that still looks alive (a recent heartbeat) is a process that no longer runs."""
+    return f"{_HOST}/{os.getpid()}/{os.urandom(6).hex()}"
+
+
+def ran_here_and_died(worker_id: str) -> bool:
+    """Whether ``worker_id`` was a worker process on this host that no longer runs (killed
+    with SIGKILL, so it could not retire). Unknown forms, other hosts and processes that
+    exist (or whose pid was reused) count as alive."""
+    host, _, rest = worker_id.partition("/")
+    pid_text, _, _ = rest.partition("/")
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists, as another user's process
+    return False
+
+
 class Worker:
     """Drives deliveries for one process. ``start`` it once, ``stop`` it on shutdown."""
 
@@ -78,7 +110,7 @@ class Worker:
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
-        self.worker_id = os.urandom(6).hex()
+        self.worker_id = new_worker_id()
         self._claims = 0
         self._in_flight: dict[str, tuple[ClaimedDelivery, asyncio.Task[None]]] = {}
         self._done: list[tuple[ClaimedDelivery, AttemptResult]] = []
@@ -96,7 +128,16 @@ class Worker:
     # Life cycle.
 
     async def start(self) -> None:
-        if len(await self._beat()) > 1:
+        live = await self._beat()
+        dead = [w for w in live if w != self.worker_id and ran_here_and_died(w)]
+        if dead:
+            # A predecessor killed with SIGKILL on this host: its heartbeat is recent, but
+            # it holds nothing any more (its leases expire on their own), so it takes no
+            # share and this worker need not wait for it to go stale.
+            for worker in dead:
+                await self.store.retire(worker)
+            live = await self._beat()
+        if len(live) > 1:
             # The others shrink their shares at their next heartbeat; until then this worker's
             # share would push the sum over the cap, so it starts delivering after that.
             self._joining = True
