@@ -62,6 +62,7 @@ BENCHMARKS: tuple[Bench, ...] = (
         full_args=("--no-limiter-run",),
     ),
     Bench("drain-sqlite", "drain.py", ("--db", "sqlite", "--mode", "serve")),
+    Bench("drain-postgres-serve", "drain.py", ("--db", "postgres", "--mode", "serve")),
     Bench("drain-postgres-split", "drain.py", ("--db", "postgres", "--mode", "split")),
     Bench("latency-sqlite", "latency.py", ("--db", "sqlite")),
     Bench("latency-postgres", "latency.py", ("--db", "postgres")),
