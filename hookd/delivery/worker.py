@@ -354,14 +354,18 @@ class Worker:
         cutoff = now - self.config.retention_days * _DAY_MS
         before_id = f"{max(0, cutoff // 1000):08x}" + "0" * 16
         total = 0
-        while not self._stopping:
-            removed = await self.store.purge(
-                cutoff, before_id, _PURGE_BATCH, now - _DAY_MS, now - 120_000
-            )
-            total += removed
-            if removed < _PURGE_BATCH:
-                break
-            await asyncio.sleep(0.01)  # let deliveries and the API at the database between batches
-        if total:
-            log.info("purged old rows", rows=total, older_than_days=self.config.retention_days)
+        try:
+            while not self._stopping:
+                removed = await self.store.purge(
+                    cutoff, before_id, _PURGE_BATCH, now - _DAY_MS, now - 120_000
+                )
+                total += removed
+                if removed < _PURGE_BATCH:
+                    break
+                # Let deliveries and the API at the database between batches.
+                await asyncio.sleep(0.01)
+        finally:
+            # Also when shutdown cancels the purge part way: what went is logged.
+            if total:
+                log.info("purged old rows", rows=total, older_than_days=self.config.retention_days)
         return total
