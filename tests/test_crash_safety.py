@@ -288,6 +288,18 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def wait_all_succeeded(database_url: str, timeout: float, what: str) -> None:
+    """Wait until every delivery in the database is recorded as succeeded."""
+    wait_until(
+        lambda: (
+            sql(database_url, "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'")
+            == [(0,)]
+        ),
+        timeout,
+        what,
+    )
+
+
 def leased(database_url: str) -> set[Pair]:
     return {
         (str(e), str(w))
@@ -532,14 +544,7 @@ def test_sigkill_while_publishing_delivers_every_accepted_event(
         assert len(stored) == len(accepted) + len(errors)
         expected = {(e, h) for e in stored for h in hook_ids}
         wait_until(lambda: expected <= set(receiver.pairs()), 45, "every accepted event arrived")
-        wait_until(
-            lambda: (
-                sql(database_url, "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'")
-                == [(0,)]
-            ),
-            15,
-            "every stored delivery succeeded",
-        )
+        wait_all_succeeded(database_url, 15, "every stored delivery succeeded")
         for hook in hooks:
             log = delivery_log(server.base_url, key, hook["id"])
             assert {d["status"] for d in log} == {"succeeded"}
@@ -671,14 +676,7 @@ def test_two_workers_and_an_api_deliver_each_once_within_the_global_cap(
         expected = {(e, h["id"]) for e in backlog + live for h in hooks}
         wait_until(lambda: set(receiver.pairs()) >= expected, 45, "all delivered")
         took = time.monotonic() - started
-        wait_until(
-            lambda: (
-                sql(database_url, "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'")
-                == [(0,)]
-            ),
-            10,
-            "all recorded",
-        )
+        wait_all_succeeded(database_url, 10, "all recorded")
         time.sleep(0.5)
         received = receiver.pairs()
         max_active = dict(receiver.max_active)
@@ -754,14 +752,7 @@ def test_the_surviving_worker_takes_over_a_killed_workers_leases(
         }
         arrived_at_kill = len(receiver.pairs())
         wait_until(lambda: expected <= set(receiver.pairs()), 45, "all delivered by the survivor")
-        wait_until(
-            lambda: (
-                sql(database_url, "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'")
-                == [(0,)]
-            ),
-            10,
-            "all recorded",
-        )
+        wait_all_succeeded(database_url, 10, "all recorded")
         time.sleep(0.5)
         received = receiver.pairs()
         stop(survivor)
