@@ -82,26 +82,6 @@ async def drive(
         return stop.value  # type: ignore[no-any-return]
 
 
-def drive_now(
-    op: Op[T],
-    execute: Callable[[Statement], Any],
-    conflicts: tuple[type[BaseException], ...],
-) -> T:
-    """:func:`drive` for an engine whose statements complete at once (SQLite's reads): the
-    same protocol without a coroutine per operation and per statement."""
-    try:
-        statement = next(op)
-        while True:
-            try:
-                result = execute(statement)
-            except conflicts as exc:
-                statement = op.throw(Conflict(str(exc)))
-                continue
-            statement = op.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
 def rows(name: str, /, **params: Any) -> Statement:
     return Statement(name, "rows", params)
 

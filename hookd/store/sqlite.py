@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from hookd.errors import DatabaseUnavailable
-from hookd.store.queries import Op, Query, Statement, drive, drive_now, load_queries, value
+from hookd.store.queries import Op, Query, Statement, drive, load_queries, value
 
 __all__ = ["SqliteDriver"]
 
@@ -207,14 +207,13 @@ class SqliteDriver:
     async def read(self, op: Op[T], *, snapshot: bool = False) -> T:
         """Run a read-only operation; with ``snapshot``, all its statements see one state."""
         assert self._reader is not None, "driver not started"
-        # Reads run on the event loop and complete at once: driven without awaiting.
-        execute = _Session(self._reader, self._queries).execute
+        session = _Session(self._reader, self._queries)
         try:
             if not snapshot:
-                return drive_now(op, execute, (sqlite3.IntegrityError,))
+                return await session.drive(op)
             self._reader.execute("BEGIN")
             try:
-                return drive_now(op, execute, (sqlite3.IntegrityError,))
+                return await session.drive(op)
             finally:
                 self._reader.execute("COMMIT")
         except sqlite3.Error as exc:
