@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -16,7 +15,7 @@ from hookd.errors import ApiError
 from hookd.ids import API_KEY_PREFIX, api_key_hash
 from hookd.settings import API_VERSIONS, DEFAULT_API_VERSION
 from hookd.store import Store
-from hookd.store.records import Organization
+from hookd.store.records import Organization, record
 
 __all__ = ["WEBHOOKS_SINCE", "Principal", "RateLimiter", "authenticate"]
 
@@ -26,7 +25,7 @@ _WINDOW_MS = 60_000
 _MAX_KEY_LENGTH = 256
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Principal:
     """The organization a request acts for, and the API version it speaks."""
 

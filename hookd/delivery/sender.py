@@ -12,7 +12,6 @@ import http
 import re
 import ssl
 import time
-from dataclasses import dataclass
 
 import aiohttp
 import yarl
@@ -22,7 +21,7 @@ from hookd.clock import Clock, system_clock
 from hookd.delivery.envelope import build_body
 from hookd.delivery.guard import AddressGuard, make_connector, refusal_from
 from hookd.signing import signer_for
-from hookd.store.records import ClaimedDelivery
+from hookd.store.records import ClaimedDelivery, record
 
 __all__ = ["MAX_RESPONSE_BODY", "USER_AGENT", "AttemptResult", "Sender"]
 
@@ -30,7 +29,7 @@ MAX_RESPONSE_BODY = 4096
 USER_AGENT = f"hookd/{__version__}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptResult:
     """What one HTTP attempt came to."""
 

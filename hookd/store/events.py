@@ -7,7 +7,7 @@ from typing import Any
 
 from hookd.ids import new_event_id, new_object_id
 from hookd.store.queries import Op, many, notify, one, rows, run
-from hookd.store.records import Delivery, Event, _json_list
+from hookd.store.records import Delivery, Event, _json_list, record
 
 __all__ = [
     "IDEMPOTENCY_TTL_MS",
@@ -22,7 +22,7 @@ IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 _RECOVER_CHUNK = 500
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EventDraft:
     """A validated event to publish; ``data`` is the envelope's ``data`` as JSON text."""
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from hookd.store.records import Conflict
+from hookd.store.records import Conflict, record
 
 __all__ = [
     "Op",
@@ -35,7 +35,7 @@ T = TypeVar("T")
 Mode = Literal["rows", "one", "value", "run", "many", "notify"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Statement:
     """One SQL statement to run: a query name, its parameters, and what to return.
 
