@@ -69,6 +69,7 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("backlog", "backlog.py", ("--mode", "serve"), full_timeout=3600.0),
     Bench("failure-sqlite", "failure.py", ("--db", "sqlite")),
     Bench("listing", "listing.py", ("--db", "both")),
+    Bench("instructions", "instructions.py", full_timeout=2400.0),
 )
 
 

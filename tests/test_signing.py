@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -482,3 +483,21 @@ def test_property_libraries_verify(secret: str, msg_id: str, text: str) -> None:
     headers = signer_for(secret).headers(msg_id, _now(), body)
     _std_lib_verify(secret, body, headers)
     _svix_lib_verify(secret, body, headers)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, (1 << 48) - 1), st.binary(min_size=10, max_size=10))
+def test_event_ids_are_uuid7_text_exactly_as_the_uuid_module_writes_it(
+    now_ms: int, rand: bytes
+) -> None:
+    event_id = new_event_id(now_ms, lambda n: rand[:n])
+    assert event_id.startswith("notif_")
+    parsed = uuid.UUID(event_id.removeprefix("notif_"))
+    assert str(parsed) == event_id.removeprefix("notif_")
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == now_ms
+    # The 74 random bits (12 of rand_a, 62 of rand_b) come from the source, unchanged.
+    random_bits = int.from_bytes(rand, "big")
+    assert (parsed.int >> 64) & 0xFFF == (random_bits >> 68) & 0xFFF
+    assert parsed.int & ((1 << 62) - 1) == random_bits & ((1 << 62) - 1)

@@ -92,8 +92,7 @@ def _credentials(request: Request) -> str:
     return key
 
 
-def _resolve_version(request: Request, default: str) -> str:
-    asked = request.headers.get("featurebase-version")
+def _resolve_version(request: Request, default: str, asked: str | None) -> str:
     if asked is None:
         version = default
     elif asked.strip() in API_VERSIONS:
@@ -136,7 +135,8 @@ async def authenticate(request: Request) -> Principal:
     if context.revoked:
         raise ApiError(401, "api_key_revoked", "This API key has been revoked; use another key.")
     org = context.organization
-    asked = (request.headers.get("featurebase-version") or "").strip()
+    asked_raw = request.headers.get("featurebase-version")
+    asked = (asked_raw or "").strip()
     # The version a 429 answers with: the one asked for if it is one, else the default.
     request.state.version = asked if asked in API_VERSIONS else org.default_version
     if limiter.limit > 0:
@@ -155,6 +155,6 @@ async def authenticate(request: Request) -> Principal:
                 f"This API key made more than {limiter.limit} requests this minute; retry after {retry_after} s.",
                 headers={"Retry-After": str(retry_after)},
             )
-    version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION)
+    version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION, asked_raw)
     request.state.version = version
     return Principal(org, context.key_id, version)

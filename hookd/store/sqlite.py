@@ -59,11 +59,18 @@ def _is_unavailable(exc: sqlite3.Error) -> bool:
     )
 
 
-def _adapt(params: Mapping[str, Any]) -> dict[str, Any]:
-    # Lists travel as JSON text and are read back with json_each in SQLite's SQL.
-    return {
-        k: orjson.dumps(v).decode() if isinstance(v, list | tuple) else v for k, v in params.items()
-    }
+def _adapt(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    # Lists travel as JSON text and are read back with json_each in SQLite's SQL; most
+    # statements have none, and their parameters go through as they are.
+    for v in params.values():
+        if isinstance(v, _LISTS):
+            break
+    else:
+        return params
+    return {k: orjson.dumps(v).decode() if isinstance(v, _LISTS) else v for k, v in params.items()}
+
+
+_LISTS = (list, tuple)
 
 
 class _Session:

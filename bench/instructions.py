@@ -1,0 +1,295 @@
+"""Instructions per request: what hookd's API costs, counted instead of timed.
+
+Requests/s and CPU time on a shared 2-core machine move by tens of percent from one minute
+to the next, and so do ratios of two routes measured a few seconds apart. Counting the
+machine instructions a request runs does not move: valgrind's ``callgrind`` gives the same
+count for the same code and input whatever else the machine is doing. Use this benchmark
+to see what a change to hookd saves (run it on two snapshots, ``run_all.py --snapshot``)
+and how the API's routes compare with one another.
+
+A child process builds hookd's ASGI app (``create_app`` over a SQLite store in a file of
+its own: migrated, an organization, an API key, one webhook; rate limiter off, as in
+``api_throughput``'s headline figures) and calls it in-process, without a socket or
+uvicorn. Routes, lettered as in ``api_throughput``:
+
+(a) ``GET /healthz``: the trivial route;
+(b) ``GET /v2/webhooks/{id}``: authenticate, read one webhook, render it;
+(d) ``POST /v2/events`` to an organization without webhooks, from 32 concurrent callers so
+    that commits group as they do under load.
+
+Each child warms every route up, then calls one route ``--requests`` times (or none);
+every child runs under callgrind, and a route's instructions per request are its child's
+count minus the count of the child that called none, divided by ``--requests``: start-up,
+imports and warm-up cancel out. Reported: instructions per request, and (a) divided by
+(b) and by (d), in the sense of ``api_throughput``'s ratios. uvicorn's and the socket's
+share is left out of both routes alike, so these ratios are lower than the throughput
+ones. The children run side by side (one per core); counts do not depend on it.
+``--smoke`` runs the children without valgrind, a few requests each, checking every
+answer. Results: ``bench/results/instructions.jsonl``.
+
+    python bench/instructions.py                 # ~5 min on 2 cores (Python under valgrind)
+    python bench/instructions.py --smoke         # seconds, no valgrind needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+if __package__ in (None, ""):
+    # After PYTHONPATH, not before: the children must import the hookd that PYTHONPATH
+    # names (run_all.py --snapshot), not this checkout's.
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Result, add_run_arguments, append_jsonl, print_table, run_hookd_cli
+from bench.harness import hookd_commit, write_summary
+
+__all__ = ["ROUTES", "main"]
+
+# letter -> (name, method, path template, authenticated, body)
+ROUTES: dict[str, tuple[str, str, str, bool, bytes]] = {
+    "a": ("GET /healthz", "GET", "/healthz", False, b""),
+    "b": ("GET /v2/webhooks/{id}", "GET", "/v2/webhooks/{id}", True, b""),
+    "d": (
+        "POST /v2/events (0 subscribers)",
+        "POST",
+        "/v2/events",
+        True,
+        b'{"topic":"post.updated","data":{"item":{"id":"p1","title":"Hello"},"changes":[]}}',
+    ),
+}
+CONCURRENCY = 32
+_COLLECTED = re.compile(r"Collected : (\d+)")
+_SOURCE = re.compile(r"^hookd from (.+)$", re.M)
+
+
+# =========================================================================== child
+
+
+async def _child(database: str, key: str, route: str, requests: int, warmup: int) -> None:
+    """Build the app, warm every route up, then call ``route`` ``requests`` times."""
+    import hookd
+    from hookd.api import create_app
+    from hookd.server import _tune_gc, open_driver_for
+    from hookd.settings import Settings
+    from hookd.store import Store
+
+    settings = Settings(database_url=f"sqlite:///{database}", rate_limit=0)
+    store = Store(open_driver_for(settings))
+    await store.start()
+    app = create_app(settings, store)
+    statuses: list[int] = []
+    bodies: list[bytes] = []
+
+    async def call(method: str, path: str, auth: bool, body: bytes) -> None:
+        headers = [(b"host", b"127.0.0.1")]
+        if auth:
+            headers.append((b"authorization", f"Bearer {key}".encode()))
+        if body:
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8080),
+            "state": {},
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            elif not bodies:
+                bodies.append(message.get("body", b""))
+
+        await app(scope, receive, send)
+
+    webhook = b'{"name":"i","url":"https://example.com/h","topics":["post.created"]}'
+    await call("POST", "/v2/webhooks", True, webhook)
+    if statuses[-1] != 200:
+        raise SystemExit(f"creating the webhook answered {statuses[-1]}: {bodies[:1]!r}")
+    webhook_id = orjson.loads(bodies[0])["id"]
+    paths = {k: p.replace("{id}", webhook_id) for k, (_, _, p, _, _) in ROUTES.items()}
+    _tune_gc()
+    # The collector runs after a number of allocations, so where its passes fall, and what
+    # they cost, shifts with any change to the code: left on, it moved the counts of two
+    # versions by ±5 %. Off, the counts are the requests' own work.
+    gc.disable()
+
+    async def run(letter: str, count: int) -> None:
+        _, method, _, auth, body = ROUTES[letter]
+        per, extra = divmod(count, CONCURRENCY)
+
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await call(method, paths[letter], auth, body)
+
+        await asyncio.gather(*(caller(per + (i < extra)) for i in range(CONCURRENCY)))
+
+    for letter in ROUTES:
+        await run(letter, warmup)
+    statuses.clear()
+    if route != "none":
+        await run(route, requests)
+    await store.close()
+    print(f"hookd from {Path(hookd.__file__).parent}", file=sys.stderr)
+    bad = [s for s in statuses if s not in (200, 202)]
+    if bad or len(statuses) != (0 if route == "none" else requests):
+        raise SystemExit(f"route {route}: {len(bad)} answers not 200/202 (first {bad[:3]})")
+
+
+# =========================================================================== parent
+
+
+def _prepare(directory: Path) -> tuple[Path, str]:
+    """A migrated SQLite file with the organization ``bench`` and a key of it."""
+    database = directory / "hookd.db"
+    env = {**os.environ, "HOOKD_DATABASE_URL": f"sqlite:///{database}"}
+    run_hookd_cli(["migrate"], env, directory)
+    run_hookd_cli(["orgs", "create", "bench"], env, directory)
+    key = run_hookd_cli(["keys", "create", "bench", "--name", "bench"], env, directory)
+    return database, key
+
+
+def _run_child(
+    source: Path, key: str, route: str, args: argparse.Namespace, workdir: Path
+) -> tuple[int | None, str]:
+    """Run one child on its own copy of the database: its instruction count (None in a
+    smoke run, without valgrind) and where its hookd came from."""
+    own = workdir / f"{route}.db"
+    shutil.copyfile(source, own)
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        route,
+        "--database",
+        str(own),
+        "--key",
+        key,
+        "--requests",
+        str(args.requests),
+        "--warmup",
+        str(args.warmup),
+    ]
+    env = {**os.environ, "PYTHONHASHSEED": str(args.hash_seed)}
+    if not args.smoke:
+        out_file = workdir / f"{route}.callgrind"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", *argv]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"child {route} failed: {done.stderr.strip()[-1500:]}")
+    origin = _SOURCE.search(done.stderr)
+    where = origin.group(1) if origin else "?"
+    if args.smoke:
+        return None, where
+    found = _COLLECTED.search(done.stderr)
+    if found is None:
+        raise RuntimeError(f"child {route}: no instruction count in valgrind's output")
+    return int(found.group(1)), where
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser)
+    parser.add_argument("--requests", type=int, default=2000, help="per route (default 2000)")
+    parser.add_argument("--warmup", type=int, default=200, help="per route, before counting")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="per child, seconds")
+    parser.add_argument(
+        "--routes", default="".join(ROUTES), help=f"which of {''.join(ROUTES)} (default all)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep callgrind's files there (callgrind_annotate)"
+    )
+    parser.add_argument(
+        "--hash-seed", type=int, default=0, help="PYTHONHASHSEED of the children (default 0)"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--database", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        import uvloop
+
+        uvloop.run(_child(args.database, args.key, args.child, args.requests, args.warmup))
+        return 0
+    if args.smoke:
+        args.requests, args.warmup = 64, 32
+    elif shutil.which("valgrind") is None:
+        print("instructions: needs valgrind (apt-get install -y valgrind)", file=sys.stderr)
+        return 1
+    commit = hookd_commit()
+    print(f"instructions: {args.requests} requests per route, hookd at {commit}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="hookd-instr-") as tmp:
+        workdir = Path(tmp)
+        database, key = _prepare(workdir)
+        routes = ["none", *(k for k in ROUTES if k in args.routes)]
+        workers = max(1, min(len(routes), os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            ran = dict(
+                zip(
+                    routes,
+                    pool.map(lambda r: _run_child(database, key, r, args, workdir), routes),
+                    strict=True,
+                )
+            )
+        counts = {route: count for route, (count, _) in ran.items()}
+        print(f"instructions: the children ran hookd from {ran['none'][1]}", flush=True)
+        if args.keep and not args.smoke:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for found in workdir.glob("*.callgrind"):
+                shutil.copy(found, args.keep / found.name)
+    if args.smoke:
+        print("instructions: smoke run passed (every answer 200/202)")
+        if args.summary_file:
+            write_summary(args.summary_file, "instructions", [], True)
+        return 0
+    per = {k: (counts[k] - counts["none"]) / args.requests for k in routes[1:]}  # type: ignore[operator]
+    results = [
+        Result(
+            f"instructions per request: ({k}) {ROUTES[k][0]}",
+            per[k],
+            "instr",
+            None if k == "a" or "a" not in per else per["a"],
+            {"commit": commit, "requests": args.requests},
+            None if k == "a" or "a" not in per else per["a"] / per[k],
+        )
+        for k in per
+    ]
+    print_table(results, title="in-process ASGI calls under callgrind; vs baseline: (a) / route")
+    if not args.no_save:
+        for r in results:
+            append_jsonl("instructions", r)
+    if args.summary_file:
+        write_summary(args.summary_file, "instructions", results, True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
