@@ -45,6 +45,7 @@ from bench.common import (
     peak_rss_kib,
     percentile,
     print_table,
+    python_command,
 )
 
 __all__ = [
@@ -246,20 +247,17 @@ def run_baseline_isolated(
     else, and the caller's own event loop, threads or memory do not weigh on it.
     """
     check_loopback(url)
-    argv = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--url",
-        url,
-        "--total",
-        str(total),
-        "--connections",
-        str(connections),
-        "--max-seconds",
-        str(max_seconds),
+    argv = python_command(
+        __file__,
+        {
+            "--url": url,
+            "--total": total,
+            "--connections": connections,
+            "--max-seconds": max_seconds,
+        },
         "--json",
         "--no-save",
-    ]
+    )
     out = subprocess.run(
         argv, capture_output=True, text=True, check=True, timeout=max_seconds + 120
     ).stdout

@@ -39,6 +39,7 @@ __all__ = [
     "peak_rss_kib",
     "percentile",
     "print_table",
+    "python_command",
     "read_printed_key",
     "run_hookd_cli",
     "start_process",
@@ -84,6 +85,15 @@ def run_hookd_cli(
     if out.returncode != 0:
         raise RuntimeError(f"hookd {' '.join(args)} failed: {out.stderr.strip()}")
     return out.stdout.strip()
+
+
+def python_command(script: str | Path, options: Mapping[str, object], *flags: str) -> list[str]:
+    """``python SCRIPT --name value ... FLAGS``: a benchmark re-running itself (or another
+    script) in a fresh interpreter, with this one's executable."""
+    argv = [sys.executable, str(Path(script).resolve())]
+    for name, value in options.items():
+        argv += [name, str(value)]
+    return [*argv, *flags]
 
 
 def read_printed_key(stdout: Path, timeout: float = 10.0) -> str:

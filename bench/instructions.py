@@ -54,7 +54,14 @@ if __package__ in (None, ""):
     # names (run_all.py --snapshot), not this checkout's.
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Result, add_run_arguments, append_jsonl, print_table, run_hookd_cli
+from bench.common import (
+    Result,
+    add_run_arguments,
+    append_jsonl,
+    print_table,
+    python_command,
+    run_hookd_cli,
+)
 from bench.harness import hookd_commit, write_summary
 
 __all__ = ["ROUTES", "main"]
@@ -184,20 +191,16 @@ def _run_child(
     smoke run, without valgrind) and where its hookd came from."""
     own = workdir / f"{route}.db"
     shutil.copyfile(source, own)
-    argv = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
-        route,
-        "--database",
-        str(own),
-        "--key",
-        key,
-        "--requests",
-        str(args.requests),
-        "--warmup",
-        str(args.warmup),
-    ]
+    argv = python_command(
+        __file__,
+        {
+            "--child": route,
+            "--database": own,
+            "--key": key,
+            "--requests": args.requests,
+            "--warmup": args.warmup,
+        },
+    )
     env = {**os.environ, "PYTHONHASHSEED": str(args.hash_seed)}
     if not args.smoke:
         out_file = workdir / f"{route}.callgrind"
