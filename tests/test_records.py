@@ -11,31 +11,21 @@ import pytest
 
 from hookd.api.auth import Principal
 from hookd.delivery.sender import AttemptResult
+from hookd.store import records
 from hookd.store.queries import Statement
-from hookd.store.records import (
-    ApiKey,
-    Attempt,
-    AuthContext,
-    ClaimedDelivery,
-    Delivery,
-    Event,
-    Organization,
-    Webhook,
-)
 
+# Every dataclass the store module exports, and the records built per request elsewhere.
 RECORDS = [
-    ApiKey,
-    Attempt,
-    AuthContext,
-    ClaimedDelivery,
-    Delivery,
-    Event,
-    Organization,
-    Webhook,
+    *(
+        getattr(records, name)
+        for name in records.__all__
+        if dataclasses.is_dataclass(getattr(records, name))
+    ),
     Principal,
     AttemptResult,
     Statement,
 ]
+assert len(RECORDS) >= 11
 
 
 @pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
