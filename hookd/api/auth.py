@@ -93,10 +93,11 @@ def _credentials(request: Request) -> str:
 
 
 def _resolve_version(request: Request, default: str, asked: str | None) -> str:
+    """``asked``: the Featurebase-Version header without surrounding blanks, if sent."""
     if asked is None:
         version = default
-    elif asked.strip() in API_VERSIONS:
-        version = asked.strip()
+    elif asked in API_VERSIONS:
+        version = asked
     else:
         raise ApiError(
             400,
@@ -135,8 +136,8 @@ async def authenticate(request: Request) -> Principal:
     if context.revoked:
         raise ApiError(401, "api_key_revoked", "This API key has been revoked; use another key.")
     org = context.organization
-    asked_raw = request.headers.get("featurebase-version")
-    asked = (asked_raw or "").strip()
+    header = request.headers.get("featurebase-version")
+    asked = None if header is None else header.strip()
     # The version a 429 answers with: the one asked for if it is one, else the default.
     request.state.version = asked if asked in API_VERSIONS else org.default_version
     if limiter.limit > 0:
@@ -155,6 +156,6 @@ async def authenticate(request: Request) -> Principal:
                 f"This API key made more than {limiter.limit} requests this minute; retry after {retry_after} s.",
                 headers={"Retry-After": str(retry_after)},
             )
-    version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION, asked_raw)
+    version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION, asked)
     request.state.version = version
     return Principal(org, context.key_id, version)

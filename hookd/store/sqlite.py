@@ -59,6 +59,9 @@ def _is_unavailable(exc: sqlite3.Error) -> bool:
     )
 
 
+_LISTS = (list, tuple)
+
+
 def _adapt(params: Mapping[str, Any]) -> Mapping[str, Any]:
     # Lists travel as JSON text and are read back with json_each in SQLite's SQL; most
     # statements have none, and their parameters go through as they are.
@@ -70,7 +73,10 @@ def _adapt(params: Mapping[str, Any]) -> Mapping[str, Any]:
     return {k: orjson.dumps(v).decode() if isinstance(v, _LISTS) else v for k, v in params.items()}
 
 
-_LISTS = (list, tuple)
+def _column_names(cursor: sqlite3.Cursor) -> list[str]:
+    # Read from each result rather than kept per query: a migration run by another process
+    # may change what ``SELECT *`` returns while hookd runs.
+    return [column[0] for column in cursor.description]
 
 
 class _Session:
@@ -88,7 +94,7 @@ class _Session:
         sql = self.queries[st.name].sql
         if st.mode == "many":
             batch = st.batch
-            if batch and any(isinstance(v, list | tuple) for v in batch[0].values()):
+            if batch and any(isinstance(v, _LISTS) for v in batch[0].values()):
                 batch = [_adapt(p) for p in batch]
             self.conn.executemany(sql, batch)
             return None
@@ -97,13 +103,11 @@ class _Session:
             found = cursor.fetchall()
             if not found:
                 return found
-            names = [column[0] for column in cursor.description]
+            names = _column_names(cursor)
             return [dict(zip(names, row, strict=True)) for row in found]
         if st.mode == "one":
             row = cursor.fetchone()
-            if row is None:
-                return None
-            return dict(zip([column[0] for column in cursor.description], row, strict=True))
+            return None if row is None else dict(zip(_column_names(cursor), row, strict=True))
         if st.mode == "value":
             row = cursor.fetchone()
             return None if row is None else row[0]
