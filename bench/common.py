@@ -44,6 +44,7 @@ __all__ = [
     "run_hookd_cli",
     "start_process",
     "stop_process",
+    "thread_cpu_seconds",
     "wait_for_port",
 ]
 
@@ -197,6 +198,17 @@ def _children(pid: int) -> list[int]:
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as fh:
                 kids.extend(int(k) for k in fh.read().split())
     return kids
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds used so far by the main thread of *pid* (the thread whose id
+    is the pid: in hookd, the event loop), or 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def cpu_seconds(pid: int | None = None, *, tree: bool = False) -> float:

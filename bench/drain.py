@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{res.seconds:.2f} s), publish {res.publish_rate:,.0f} events/s "
                 f"(p50 {res.publish['latency_ms']['p50']:.1f} ms, p99 "
                 f"{res.publish['latency_ms']['p99']:.1f} ms), hookd CPU "
-                f"{res.cpu_us_per_delivery:.0f} us/delivery"
+                f"{res.cpu_us_per_delivery:.0f} us/delivery (event loop "
+                f"{res.loop_cpu_us_per_delivery:.0f})"
                 + (
                     f" + PG {res.db_cpu_s * 1e6 / max(1, res.received):.0f} us"
                     if res.db_cpu_s
@@ -357,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         Result(
             f"{label}: hookd CPU per delivery",
             median([r["hookd_cpu_us_per_delivery"] for r in runs_out]),
+            "us",
+        ),
+        Result(
+            f"{label}: event-loop CPU per delivery",
+            median([r["hookd_loop_cpu_us_per_delivery"] for r in runs_out]),
             "us",
         ),
         Result(f"{label}: hookd peak RSS (max process)", peak / 1024, "MiB"),

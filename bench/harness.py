@@ -49,6 +49,7 @@ from bench.common import (
     run_hookd_cli,
     start_process,
     stop_process,
+    thread_cpu_seconds,
     wait_for_port,
 )
 from bench.receiver import Receiver
@@ -289,6 +290,10 @@ class Deployment:
         """CPU seconds so far of every hookd process of the deployment (all threads)."""
         return sum(cpu_seconds(c.proc.pid) for c in self.children)
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU seconds so far of the event-loop threads of every hookd process."""
+        return sum(thread_cpu_seconds(c.proc.pid) for c in self.children)
+
     def peak_rss_kib(self) -> dict[str, int]:
         """VmHWM (peak RSS) of each process, by role."""
         return {c.role: proc_status_kib(c.proc.pid, "VmHWM") for c in self.children}
@@ -419,6 +424,7 @@ class DrainResult:
     done_at: float | None
     hookd_cpu_s: float
     db_cpu_s: float
+    loop_cpu_s: float
     peak_rss_kib: dict[str, int]
     extra_after: int = 0  # deliveries that arrived after the expected count (duplicates)
     receiver_cpu_s: float = 0.0
@@ -450,6 +456,11 @@ class DrainResult:
     def cpu_us_per_delivery(self) -> float:
         return self.hookd_cpu_s * 1e6 / self.received if self.received else float("nan")
 
+    @property
+    def loop_cpu_us_per_delivery(self) -> float:
+        """The event-loop threads' share: on one core, what bounds ``hookd serve``."""
+        return self.loop_cpu_s * 1e6 / self.received if self.received else float("nan")
+
     def as_dict(self) -> dict[str, Any]:
         lat = self.publish.get("latency_ms", {})
         return {
@@ -467,6 +478,7 @@ class DrainResult:
             "publish_latency_ms": lat,
             "hookd_cpu_s": round(self.hookd_cpu_s, 3),
             "hookd_cpu_us_per_delivery": round(self.cpu_us_per_delivery, 1),
+            "hookd_loop_cpu_us_per_delivery": round(self.loop_cpu_us_per_delivery, 1),
             "db_backend_cpu_s": round(self.db_cpu_s, 3),
             "receiver_cpu_s": round(self.receiver_cpu_s, 3),
             "hookd_peak_rss_kib": self.peak_rss_kib,
@@ -496,6 +508,7 @@ def measure_drain(
     dep.check_alive()
     before = receiver.request_count()
     cpu_before = dep.cpu_seconds()
+    loop_before = dep.loop_cpu_seconds()
     db_before = dep.db.backend_cpu()
     recv_cpu_before = receiver.cpu_seconds()
     proc = run_publisher(dep.base, dep.key, events, clients=clients, wait=False)
@@ -513,6 +526,7 @@ def measure_drain(
                 break
             time.sleep(poll)
         hookd_cpu = dep.cpu_seconds() - cpu_before
+        loop_cpu = dep.loop_cpu_seconds() - loop_before
         recv_cpu = receiver.cpu_seconds() - recv_cpu_before
         db_after = dep.db.backend_cpu()
         published = publisher_result(proc, timeout=max(10.0, deadline - time.monotonic() + 30))
@@ -531,6 +545,7 @@ def measure_drain(
         done_at=done_at,
         hookd_cpu_s=hookd_cpu,
         db_cpu_s=db_cpu,
+        loop_cpu_s=loop_cpu,
         peak_rss_kib=dep.peak_rss_kib(),
         extra_after=max(0, final - expected),
         receiver_cpu_s=recv_cpu,

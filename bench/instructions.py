@@ -17,6 +17,12 @@ uvicorn. Routes, lettered as in ``api_throughput``:
 (d) ``POST /v2/events`` to an organization without webhooks, from 32 concurrent callers so
     that commits group as they do under load.
 
+(e) the delivery path, counted per delivery: ``--events`` events published through the
+    app (as (d), 32 callers) to 10 webhooks at a local receiver (nginx when installed),
+    each claimed, signed, sent over aiohttp and settled by hookd's worker in the same
+    process, as in ``hookd serve``;
+(s) the raw sender of ``baseline.py``, per request, for (e)'s ratio.
+
 Each child warms every route up, then calls one route ``--requests`` times (or none);
 every child runs under callgrind, and a route's instructions per request are its child's
 count minus the count of the child that called none, divided by ``--requests``: start-up,
@@ -24,6 +30,10 @@ imports and warm-up cancel out. Reported: instructions per request, and (a) divi
 (b) and by (d), in the sense of ``api_throughput``'s ratios. uvicorn's and the socket's
 share is left out of both routes alike, so these ratios are lower than the throughput
 ones. The children run side by side (one per core); counts do not depend on it.
+For (e) and (s) the pair is a child that drains a warm-up burst and one that drains the
+warm-up and then the counted burst: per delivery (per request) is their difference over
+the counted deliveries. How many deliveries a turn of the worker settles together depends
+on timing, so (e)'s count moves a little from run to run (about 1 %), unlike those of (a) to (d).
 ``--smoke`` runs the children without valgrind, a few requests each, checking every
 answer. Results: ``bench/results/instructions.jsonl``.
 
@@ -36,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import os
 import re
@@ -63,6 +74,7 @@ from bench.common import (
     run_hookd_cli,
 )
 from bench.harness import hookd_commit, write_summary
+from bench.receiver import Receiver, receiver_kind
 
 __all__ = ["ROUTES", "Route", "main"]
 
@@ -94,6 +106,53 @@ _SOURCE = re.compile(r"^hookd from (.+)$", re.M)
 # =========================================================================== child
 
 
+async def _asgi_call(
+    app: Any,
+    key: str | None,
+    method: str,
+    path: str,
+    body: bytes,
+    statuses: list[int],
+    bodies: list[bytes] | None = None,
+) -> None:
+    """Call the app in-process; the status goes to ``statuses``, the first body to
+    ``bodies``."""
+    headers = [(b"host", b"127.0.0.1")]
+    if key is not None:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    if body:
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": {},
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif bodies is not None and not bodies:
+            bodies.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+
+
 async def _child(database: str, key: str, route: str, requests: int, warmup: int) -> None:
     """Build the app, warm every route up, then call ``route`` ``requests`` times."""
     import hookd
@@ -110,40 +169,7 @@ async def _child(database: str, key: str, route: str, requests: int, warmup: int
     bodies: list[bytes] = []
 
     async def call(method: str, path: str, auth: bool, body: bytes) -> None:
-        headers = [(b"host", b"127.0.0.1")]
-        if auth:
-            headers.append((b"authorization", f"Bearer {key}".encode()))
-        if body:
-            headers += [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8080),
-            "state": {},
-        }
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-            elif not bodies:
-                bodies.append(message.get("body", b""))
-
-        await app(scope, receive, send)
+        await _asgi_call(app, key if auth else None, method, path, body, statuses, bodies)
 
     webhook = b'{"name":"i","url":"https://example.com/h","topics":["post.created"]}'
     await call("POST", "/v2/webhooks", True, webhook)
@@ -179,6 +205,92 @@ async def _child(database: str, key: str, route: str, requests: int, warmup: int
         raise SystemExit(f"route {route}: {len(bad)} answers not 200/202 (first {bad[:3]})")
 
 
+FANOUT = 10
+DELIVERY_TOPIC = "post.created"
+
+
+async def _delivery_child(database: str, key: str, receiver: str, events: int) -> None:
+    """(e): a warm-up burst, then ``events`` events to FANOUT webhooks, each drained to the
+    receiver by the worker before the next burst; the count covers both."""
+    import hookd
+    from hookd.api import create_app
+    from hookd.server import _tune_gc, build_worker, open_driver_for
+    from hookd.settings import Settings
+    from hookd.store import Store
+
+    settings = Settings(
+        database_url=f"sqlite:///{database}",
+        rate_limit=0,
+        allow_http=True,
+        allowed_networks=("127.0.0.0/8",),
+    )
+    store = Store(open_driver_for(settings))
+    await store.start()
+    app = create_app(settings, store)
+    settled = 0
+    wanted = 0
+    drained = asyncio.Event()
+    settle = store.settle
+
+    async def counting_settle(settlement: Any) -> None:
+        nonlocal settled
+        await settle(settlement)
+        settled += sum(1 for d in settlement.deliveries if d["status"] == "succeeded")
+        if settled >= wanted:
+            drained.set()
+
+    store.settle = counting_settle  # type: ignore[method-assign]
+    statuses: list[int] = []
+    for n in range(FANOUT):
+        body = orjson.dumps({"name": f"e{n}", "url": receiver, "topics": [DELIVERY_TOPIC]})
+        await _asgi_call(app, key, "POST", "/v2/webhooks", body, statuses)
+    worker = build_worker(settings, store)
+    await worker.start()
+    _tune_gc()
+    gc.disable()
+    event = orjson.dumps(
+        {"topic": DELIVERY_TOPIC, "data": {"item": {"id": "p1", "title": "Hello"}, "changes": []}}
+    )
+
+    async def burst(count: int) -> None:
+        nonlocal wanted
+        drained.clear()
+        wanted += count * FANOUT
+        per, extra = divmod(count, CONCURRENCY)
+
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await _asgi_call(app, key, "POST", "/v2/events", event, statuses)
+
+        await asyncio.gather(*(caller(per + (i < extra)) for i in range(CONCURRENCY)))
+        await asyncio.wait_for(drained.wait(), 3600)
+
+    await burst(WARMUP_EVENTS)
+    if events:
+        await burst(events)
+    await worker.stop()
+    await store.close()
+    print(f"hookd from {Path(hookd.__file__).parent}", file=sys.stderr)
+    bad = [s for s in statuses if s not in (200, 202)]
+    if bad or settled != wanted:
+        raise SystemExit(f"deliveries: {len(bad)} answers not 200/202, {settled} of {wanted} sent")
+
+
+async def _sender_child(receiver: str, requests: int) -> None:
+    """(s): baseline.py's raw sender, a warm-up burst and then ``requests`` more."""
+    from bench.baseline import baseline
+
+    gc.disable()
+    for total in (WARMUP_EVENTS * FANOUT, requests):
+        if total:
+            done = await baseline(receiver, total, 64, warmup=0)
+            if done["errors"]:
+                raise SystemExit(f"raw sender: {done['errors']} errors")
+
+
+WARMUP_EVENTS = 32
+
+
 # =========================================================================== parent
 
 
@@ -196,19 +308,17 @@ def _run_child(
     source: Path, key: str, route: str, args: argparse.Namespace, workdir: Path
 ) -> tuple[int | None, str]:
     """Run one child on its own copy of the database: its instruction count (None in a
-    smoke run, without valgrind) and where its hookd came from."""
+    smoke run, without valgrind) and where its hookd came from. Children ``e0``/``e`` and
+    ``s0``/``s`` are (e)'s and (s)'s pairs: without and with the counted burst."""
     own = workdir / f"{route}.db"
     shutil.copyfile(source, own)
-    argv = python_command(
-        __file__,
-        {
-            "--child": route,
-            "--database": own,
-            "--key": key,
-            "--requests": args.requests,
-            "--warmup": args.warmup,
-        },
-    )
+    options: dict[str, Any] = {"--child": route, "--database": own, "--key": key}
+    if route in ("e0", "e", "s0", "s"):
+        counted = args.events if route in ("e", "s") else 0
+        options.update({"--events": counted, "--receiver-url": args.receiver_url})
+    else:
+        options.update({"--requests": args.requests, "--warmup": args.warmup})
+    argv = python_command(__file__, options)
     env = {**os.environ, "PYTHONHASHSEED": str(args.hash_seed)}
     if not args.smoke:
         out_file = workdir / f"{route}.callgrind"
@@ -217,7 +327,7 @@ def _run_child(
     if done.returncode != 0:
         raise RuntimeError(f"child {route} failed: {done.stderr.strip()[-1500:]}")
     origin = _SOURCE.search(done.stderr)
-    where = origin.group(1) if origin else "?"
+    where = origin.group(1) if origin else "-"
     if args.smoke:
         return None, where
     found = _COLLECTED.search(done.stderr)
@@ -233,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="per route, before counting")
     parser.add_argument("--timeout", type=float, default=1200.0, help="per child, seconds")
     parser.add_argument(
-        "--routes", default="".join(ROUTES), help=f"which of {''.join(ROUTES)} (default all)"
+        "--routes",
+        default="".join(ROUTES) + "e",
+        help=f"which of {''.join(ROUTES)}e (default all; e brings s)",
+    )
+    parser.add_argument(
+        "--events", type=int, default=200, help=f"(e): events counted, x{FANOUT} deliveries"
     )
     parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="keep callgrind's files there (callgrind_annotate)"
@@ -244,23 +359,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--receiver-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         import uvloop
 
-        uvloop.run(_child(args.database, args.key, args.child, args.requests, args.warmup))
+        if args.child in ("e0", "e"):
+            child = _delivery_child(args.database, args.key, args.receiver_url, args.events)
+        elif args.child in ("s0", "s"):
+            child = _sender_child(args.receiver_url, args.events * FANOUT)
+        else:
+            child = _child(args.database, args.key, args.child, args.requests, args.warmup)
+        uvloop.run(child)
         return 0
     if args.smoke:
-        args.requests, args.warmup = 64, 32
+        args.requests, args.warmup, args.events = 64, 32, 8
     elif shutil.which("valgrind") is None:
         print("instructions: needs valgrind (apt-get install -y valgrind)", file=sys.stderr)
         return 1
     commit = hookd_commit()
     print(f"instructions: {args.requests} requests per route, hookd at {commit}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="hookd-instr-") as tmp:
+    deliveries = "e" in args.routes and args.events > 0
+    if not deliveries and not any(k in args.routes for k in ROUTES):
+        parser.error(f"nothing to count: --routes takes letters of {''.join(ROUTES)}e")
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="hookd-instr-"))
         workdir = Path(tmp)
         database, key = _prepare(workdir)
-        routes = ["none", *(k for k in ROUTES if k in args.routes)]
+        api = [k for k in ROUTES if k in args.routes]
+        routes = ["none", *api] if api else []
+        if deliveries:
+            receiver = stack.enter_context(Receiver.start(kind=receiver_kind(args.smoke)))
+            args.receiver_url = receiver.url
+            routes += ["e0", "e", "s0", "s"]
         workers = max(1, min(len(routes), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             ran = dict(
@@ -271,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         counts = {route: count for route, (count, _) in ran.items()}
-        print(f"instructions: the children ran hookd from {ran['none'][1]}", flush=True)
+        print(f"instructions: the children ran hookd from {ran[routes[0]][1]}", flush=True)
         if args.keep and not args.smoke:
             args.keep.mkdir(parents=True, exist_ok=True)
             for found in workdir.glob("*.callgrind"):
@@ -281,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary_file:
             write_summary(args.summary_file, "instructions", [], True)
         return 0
-    per = {k: (counts[k] - counts["none"]) / args.requests for k in routes[1:]}  # type: ignore[operator]
+    per = {k: (counts[k] - counts["none"]) / args.requests for k in api}  # type: ignore[operator]
     results = [
         Result(
             f"instructions per request: ({k}) {ROUTES[k].name}",
@@ -293,7 +424,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         for k in per
     ]
-    print_table(results, title="in-process ASGI calls under callgrind; vs baseline: (a) / route")
+    if deliveries:
+        sent = args.events * FANOUT
+        hookd_per = (counts["e"] - counts["e0"]) / sent  # type: ignore[operator]
+        raw_per = (counts["s"] - counts["s0"]) / sent  # type: ignore[operator]
+        results += [
+            Result(
+                f"instructions per delivery: (e) publish, claim, send, settle ({FANOUT} webhooks)",
+                hookd_per,
+                "instr",
+                raw_per,
+                {"commit": commit, "deliveries": sent, "receiver": receiver.kind},
+                raw_per / hookd_per,
+            ),
+            Result("instructions per request: (s) the raw sender (baseline.py)", raw_per, "instr"),
+        ]
+    print_table(
+        results,
+        title="under callgrind; vs baseline: (a) / route, and (s) / (e) for the delivery path",
+    )
     if not args.no_save:
         for r in results:
             append_jsonl("instructions", r)
