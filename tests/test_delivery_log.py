@@ -14,6 +14,8 @@ import asyncpg
 import pytest
 
 from hookd.clock import iso_ms
+from hookd.store.queries import load_queries
+from hookd.store.records import DELIVERY_STATUSES
 from tests.conftest import Api, eventually
 from tests.receiver import Receiver
 from tests.test_delivery import deliveries, settled, webhook, worker_for
@@ -108,6 +110,66 @@ async def test_list_validation(api: Api, query: str, code: str) -> None:
     hook = await api.create_webhook()
     response = await api.get(f"/v2/webhooks/{hook['id']}/deliveries?{query}")
     assert response.status_code == 400 and response.json()["error"]["code"] == code, response.text
+
+
+async def _set_statuses(api: Api, statuses: dict[str, str]) -> None:
+    driver: Any = api.store.driver
+    if api.store.dialect == "sqlite":
+        conn = sqlite3.connect(driver.path)
+        with conn:
+            conn.executemany(
+                "UPDATE deliveries SET status = ? WHERE id = ?",
+                [(status, id_) for id_, status in statuses.items()],
+            )
+        conn.close()
+    else:
+        pg = await asyncpg.connect(driver.dsn)
+        await pg.executemany(
+            "UPDATE deliveries SET status = $1 WHERE id = $2",
+            [(status, id_) for id_, status in statuses.items()],
+        )
+        await pg.close()
+
+
+async def test_unfiltered_list_merges_every_status_in_id_order(api: Api) -> None:
+    # The unfiltered list reads each status's page from the status index and merges them
+    # (delivery_list): every status must show, newest first, across page boundaries.
+    hook = await api.create_webhook()
+    other = await api.create_webhook()
+    for _ in range(13):
+        await api.publish()
+    created = await deliveries(api, hook["id"])
+    assert len(created) == 13
+    wanted = {d["id"]: DELIVERY_STATUSES[i % len(DELIVERY_STATUSES)] for i, d in enumerate(created)}
+    await _set_statuses(api, wanted)
+    seen: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        response = await api.get(f"/v2/webhooks/{hook['id']}/deliveries?limit=4{cursor}")
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page["data"]) <= 4
+        seen += page["data"]
+        if not page["nextCursor"]:
+            break
+        cursor = f"&cursor={page['nextCursor']}"
+    assert [d["id"] for d in seen] == sorted(wanted, reverse=True)
+    assert {d["id"]: d["status"] for d in seen} == wanted
+    assert {d["status"] for d in seen} == set(DELIVERY_STATUSES)
+    for status in DELIVERY_STATUSES:
+        response = await api.get(f"/v2/webhooks/{hook['id']}/deliveries?limit=100&status={status}")
+        assert [d["id"] for d in response.json()["data"]] == sorted(
+            (i for i, s in wanted.items() if s == status), reverse=True
+        )
+    assert len(await deliveries(api, other["id"])) == 13, "another webhook's list is its own"
+
+
+def test_the_unfiltered_list_reads_every_status() -> None:
+    for dialect in ("sqlite", "postgresql"):
+        sql = load_queries(dialect)["delivery_list"].sql
+        for status in DELIVERY_STATUSES:
+            assert f"status = '{status}'" in sql, (dialect, status)
+        assert sql.count("UNION ALL") == len(DELIVERY_STATUSES) - 1
 
 
 async def test_cursor_of_another_list_is_refused(api: Api) -> None:

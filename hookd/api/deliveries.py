@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Literal
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -24,6 +24,7 @@ from hookd.delivery.envelope import event_body
 from hookd.errors import ApiError
 from hookd.settings import Settings
 from hookd.store import EventDraft, Store
+from hookd.store.records import DeliveryStatus
 
 __all__ = ["router"]
 
@@ -75,7 +76,7 @@ async def list_deliveries(
     id: str,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
-    status: Literal["pending", "succeeded", "failed", "cancelled"] | None = None,
+    status: DeliveryStatus | None = None,
 ) -> Response:
     webhook = await load_webhook(request, principal, id)
     list_name = f"deliveries:{webhook.id}"

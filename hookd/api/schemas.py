@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from hookd.api.validation import check_header_map, check_text, check_topic, check_url, custom_error
+from hookd.store.records import DeliveryStatus
 from hookd.topics import TOPICS
 
 __all__ = [
@@ -227,7 +228,7 @@ class DeliveryOut(BaseModel):
     webhookId: str
     eventId: str
     topic: Topic
-    status: Literal["pending", "succeeded", "failed", "cancelled"]
+    status: DeliveryStatus
     attemptCount: int
     nextAttemptAt: str | None
     lastAttemptAt: str | None

@@ -71,6 +71,8 @@ def clean_text(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
+# A failing endpoint answers the same status and phrase attempt after attempt.
+@functools.lru_cache(maxsize=256)
 def _reason(status: int, reason: str | None) -> str:
     if reason and (cleaned := clean_text(reason)):
         return cleaned
@@ -175,7 +177,7 @@ class Sender:
             ) as response:
                 kept = await _read_capped(response.content, MAX_RESPONSE_BODY)
                 status = response.status
-                reason = _reason(status, response.reason)
+                reason = response.reason
         except Exception as exc:
             elapsed = round((time.perf_counter() - started) * 1000)
             message = clean_text(_failure_message(exc, timeout_ms))
@@ -185,6 +187,7 @@ class Sender:
         elapsed = round((time.perf_counter() - started) * 1000)
         if 200 <= status < 300:
             return AttemptResult(attempted_at, True, status, "Success", elapsed, kept, None)
+        message = _reason(status, reason)
         if 300 <= status < 400:
-            reason = f"{reason} (redirects are not followed)"
-        return AttemptResult(attempted_at, False, status, reason, elapsed, kept, None)
+            message = f"{message} (redirects are not followed)"
+        return AttemptResult(attempted_at, False, status, message, elapsed, kept, None)

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, TypeVar, dataclass_transform
+from typing import Any, Literal, TypeVar, dataclass_transform, get_args
 
 import orjson
 
 from hookd.errors import HookdError
 
 __all__ = [
+    "DELIVERY_STATUSES",
     "ApiKey",
     "Attempt",
     "AuthContext",
     "ClaimedDelivery",
     "Conflict",
     "Delivery",
+    "DeliveryStatus",
     "Event",
     "Organization",
     "Webhook",
@@ -178,6 +180,11 @@ class Event:
             bool(row["is_test"]),
             row["created_at"],
         )
+
+
+DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+# Every status a delivery can have; the delivery_list query reads each one's page.
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
 
 
 @record

@@ -152,7 +152,6 @@ deliveries = Table(
     Column("last_status_code", Integer, nullable=True),
     Column("last_status_message", Text, nullable=True),
     Column("created_at", BigInteger, nullable=False),
-    Index("ix_deliveries_webhook", "webhook_id", "id"),
     Index("ix_deliveries_webhook_status", "webhook_id", "status", "id"),
     Index("ix_deliveries_event", "event_id", "webhook_id"),
     # The queue: each webhook's waiting deliveries in due order. Leased (in-flight) and
