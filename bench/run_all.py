@@ -70,6 +70,7 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("failure-sqlite", "failure.py", ("--db", "sqlite")),
     Bench("listing", "listing.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
+    Bench("helper-thread", "helper_thread.py"),
 )
 
 

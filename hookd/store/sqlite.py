@@ -3,10 +3,12 @@
 Writes are grouped: every write that arrives while a transaction is being written waits for
 the next one, and the next transaction runs them all (group commit), each in its own
 savepoint so a failing operation never undoes another. Statements run on the event loop
-thread: they take microseconds, and handing each to another thread costs more (the thread
-must win the GIL back from the busy loop, up to the interpreter's switch interval). With
-``HOOKD_SQLITE_SYNCHRONOUS=full`` the COMMIT waits for the disk, so it runs on a helper
-thread and the loop serves requests meanwhile. Reads are short indexed lookups on a second
+thread: they take microseconds, and handing one to another thread costs more (the thread
+must win the GIL back from the busy loop, up to the interpreter's switch interval, and a
+statement run row by row takes it back once per row). Only statements SQLite runs in one
+step (a purge's batch DELETE), the wait for another process's write lock and, with
+``HOOKD_SQLITE_SYNCHRONOUS=full``, the COMMIT that waits for the disk run on a helper
+thread while the loop serves requests. Reads are short indexed lookups on a second
 connection; WAL lets them run beside the writer.
 """
 
