@@ -206,7 +206,9 @@ class Store:
     async def list_deliveries(
         self, webhook_id: str, status: str | None, before: str, limit: int
     ) -> list[Delivery]:
-        return await self.driver.read(deliveries.list_deliveries(webhook_id, status, before, limit))
+        return await self.driver.read(
+            deliveries.list_deliveries(webhook_id, status, before, limit), snapshot=status is None
+        )
 
     async def get_delivery(
         self, webhook_id: str, delivery_id: str

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hookd.store.queries import Op, notify, one, rows, run
-from hookd.store.records import Attempt, Delivery, Event
+from hookd.store.records import DELIVERY_STATUSES, Attempt, Delivery, Event
 
 __all__ = ["get_delivery", "list_deliveries", "retry_delivery"]
 
@@ -11,13 +13,18 @@ __all__ = ["get_delivery", "list_deliveries", "retry_delivery"]
 def list_deliveries(
     webhook_id: str, status: str | None, before: str, limit: int
 ) -> Op[list[Delivery]]:
-    """Up to ``limit`` deliveries of the webhook with ids below ``before``, newest first."""
-    if status is None:
-        found = yield rows("delivery_list", webhook_id=webhook_id, before=before, limit=limit)
-    else:
-        found = yield rows(
-            "delivery_list_status", webhook_id=webhook_id, status=status, before=before, limit=limit
+    """Up to ``limit`` deliveries of the webhook with ids below ``before``, newest first.
+
+    Without a status, the page of each status (read from the ``(webhook_id, status, id)``
+    index) is merged: no index of its own has to be kept up to date on every delivery
+    written. Run it as a snapshot read, so that the pages see one state."""
+    found: list[Any] = []
+    for wanted in (status,) if status is not None else DELIVERY_STATUSES:
+        found += yield rows(
+            "delivery_list", webhook_id=webhook_id, status=wanted, before=before, limit=limit
         )
+    if status is None:
+        found = sorted(found, key=lambda r: str(r["id"]), reverse=True)[:limit]
     return [Delivery.from_row(r) for r in found]
 
 

@@ -171,7 +171,11 @@ class PostgresDriver:
                 async with pool.acquire(timeout=10) as conn:
                     session = _Session(conn, self._queries)
                     if transaction:
-                        async with conn.transaction(readonly=readonly):
+                        # A read-only transaction is a snapshot read: REPEATABLE READ, so that
+                        # every statement sees the state the first one saw (READ COMMITTED
+                        # would give each statement a newer one).
+                        isolation = "repeatable_read" if readonly else None
+                        async with conn.transaction(isolation=isolation, readonly=readonly):
                             result = await session.run_first(op, first)
                     else:
                         result = await session.run_first(op, first)

@@ -183,7 +183,7 @@ class Event:
 
 
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
-# Every status a delivery can have; the delivery_list query reads each one's page.
+# Every status a delivery can have; the unfiltered delivery list reads each one's page.
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
 
 

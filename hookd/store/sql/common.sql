@@ -127,26 +127,6 @@ VALUES (:id, :webhook_id, :event_id, :topic, :is_test, 'pending', 0, :next_attem
 SELECT * FROM deliveries WHERE id = :id AND webhook_id = :webhook_id;
 
 -- name: delivery_list
--- A page of every status: the page of each status from ix_deliveries_webhook_status, merged.
--- These are all the statuses a delivery can have (DELIVERY_STATUSES in hookd.store.records).
-SELECT * FROM (SELECT * FROM deliveries
-               WHERE webhook_id = :webhook_id AND status = 'pending' AND id < :before
-               ORDER BY id DESC LIMIT :limit) AS pending
-UNION ALL
-SELECT * FROM (SELECT * FROM deliveries
-               WHERE webhook_id = :webhook_id AND status = 'succeeded' AND id < :before
-               ORDER BY id DESC LIMIT :limit) AS succeeded
-UNION ALL
-SELECT * FROM (SELECT * FROM deliveries
-               WHERE webhook_id = :webhook_id AND status = 'failed' AND id < :before
-               ORDER BY id DESC LIMIT :limit) AS failed
-UNION ALL
-SELECT * FROM (SELECT * FROM deliveries
-               WHERE webhook_id = :webhook_id AND status = 'cancelled' AND id < :before
-               ORDER BY id DESC LIMIT :limit) AS cancelled
-ORDER BY id DESC LIMIT :limit;
-
--- name: delivery_list_status
 SELECT * FROM deliveries WHERE webhook_id = :webhook_id AND status = :status AND id < :before
 ORDER BY id DESC LIMIT :limit;
 

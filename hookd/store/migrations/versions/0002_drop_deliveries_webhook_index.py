@@ -2,7 +2,7 @@
 
 ``ix_deliveries_webhook (webhook_id, id)`` served only the delivery log's listing without
 a status filter. That listing now reads ``ix_deliveries_webhook_status (webhook_id,
-status, id)`` once per status and merges the pages (``delivery_list``), so every delivery
+status, id)`` once per status and merges the pages (``list_deliveries``), so every delivery
 written no longer updates a sixth B-tree: 1.4 % fewer instructions per delivery end to end
 (bench/instructions.py, route e).
 
