@@ -200,15 +200,21 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def thread_cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds used so far by the main thread of *pid* (the thread whose id
-    is the pid: in hookd, the event loop), or 0 if the process is gone."""
+def _stat_cpu_seconds(path: str) -> float:
+    """User+system CPU seconds in a ``/proc/.../stat`` file, or 0 if it is gone."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
+            # The command name (field 2) may contain spaces: split after its ")".
             fields = fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds used so far by the main thread of *pid* (the thread whose id
+    is the pid: in hookd, the event loop), or 0 if the process is gone."""
+    return _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
 
 
 def cpu_seconds(pid: int | None = None, *, tree: bool = False) -> float:
@@ -227,15 +233,7 @@ def cpu_seconds(pid: int | None = None, *, tree: bool = False) -> float:
     else:
         total = 0.0
         pids = [pid, *(_descendants(pid) if tree else [])]
-    for one in pids:
-        try:
-            with open(f"/proc/{one}/stat", encoding="ascii") as fh:
-                # The command name (field 2) may contain spaces: split after its ")".
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
-    return total
+    return total + sum(_stat_cpu_seconds(f"/proc/{one}/stat") for one in pids)
 
 
 def _descendants(pid: int) -> list[int]:

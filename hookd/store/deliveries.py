@@ -24,7 +24,7 @@ def list_deliveries(
             "delivery_list", webhook_id=webhook_id, status=wanted, before=before, limit=limit
         )
     if status is None:
-        found = sorted(found, key=lambda r: str(r["id"]), reverse=True)[:limit]
+        found = sorted(found, key=lambda r: r["id"], reverse=True)[:limit]
     return [Delivery.from_row(r) for r in found]
 
 
