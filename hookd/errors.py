@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "ERROR_CODES",
     "AddressRefused",
     "ApiError",
     "DatabaseUnavailable",
@@ -37,6 +38,59 @@ _TYPES = {
     415: "invalid_request_error",
     401: "authentication_error",
     429: "rate_limit_error",
+}
+
+
+# Every error ``code`` hookd answers, with its HTTP status and when it is answered. The
+# README's error table, the ``ErrorCode`` enum of /openapi.json and the test that finds every
+# code raised in hookd's source all read this table: a new code is added here first.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "json_invalid": (400, "the body is not valid JSON"),
+    "body_invalid": (400, "the body is JSON but not an object"),
+    "parameter_missing": (400, "a required field is missing"),
+    "parameter_unknown": (400, "a body field or query parameter that the endpoint does not take"),
+    "parameter_invalid": (
+        400,
+        "a value that breaks the field's rule (also a query parameter given twice)",
+    ),
+    "parameter_invalid_type": (
+        400,
+        "a value of the wrong JSON type, or null where null is not allowed",
+    ),
+    "parameter_invalid_length": (400, "a name of 0 or more than 100 characters after trimming"),
+    "parameter_out_of_range": (400, "a number outside its range"),
+    "parameter_too_long": (400, "a string or array over its maximum length"),
+    "parameter_too_short": (400, "a string or array under its minimum length"),
+    "topic_unknown": (400, "a topic that is not one of the topics"),
+    "url_invalid": (400, "a URL that is not an absolute URL with a host and without user-info"),
+    "url_scheme_invalid": (400, "a URL that is not https:// (http:// needs HOOKD_ALLOW_HTTP)"),
+    "header_name_invalid": (400, "a custom header name that is not an HTTP token, or given twice"),
+    "header_value_invalid": (400, "a custom header value with line breaks or over 1024 characters"),
+    "header_reserved": (400, "a custom header that hookd sets itself"),
+    "headers_too_many": (400, "more than 10 custom headers"),
+    "cursor_invalid": (400, "a cursor that is not the nextCursor of a page of this list"),
+    "webhook_limit_reached": (400, "the organization has as many webhooks as its limit"),
+    "idempotency_key_invalid": (400, "an Idempotency-Key that is not 1-255 printable characters"),
+    "api_version_invalid": (400, "a Featurebase-Version that is not a version"),
+    "api_version_unsupported": (400, "a version in which the endpoint does not exist"),
+    "delivery_cancelled": (400, "a retry of a cancelled delivery"),
+    "window_invalid": (400, "a recovery window that is empty or starts in the future"),
+    "window_too_long": (400, "a recovery window longer than the retention"),
+    "window_outside_retention": (400, "a recovery window that starts before the retention"),
+    "api_key_missing": (401, "no Authorization header"),
+    "api_key_invalid": (401, "a malformed or unknown API key"),
+    "api_key_revoked": (401, "a revoked API key"),
+    "resource_missing": (404, "an unknown id, or another organization's"),
+    "route_not_found": (404, "a path that is no endpoint"),
+    "method_not_allowed": (
+        405,
+        "a method the path does not take (the Allow header lists those it does)",
+    ),
+    "body_too_large": (413, "a body over 256 KiB"),
+    "content_type_unsupported": (415, "a body that is not sent as application/json"),
+    "rate_limited": (429, "the API key's requests of this minute are used up (see Retry-After)"),
+    "internal_error": (500, "a fault of hookd (it is logged)"),
+    "database_unavailable": (503, "the database cannot be reached; retry shortly"),
 }
 
 

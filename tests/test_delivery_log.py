@@ -400,7 +400,11 @@ async def test_recover_requeues_failed_deliveries(api: Api, receiver: Receiver) 
         ({"since": "2025-01-15T10:30:00"}, "parameter_invalid", "since"),
         ({"since": 5}, "parameter_invalid_type", "since"),
         ({"since": "NOW-10", "until": "NOW-20"}, "window_invalid", "until"),
-        ({"since": "NOW-40d"}, "window_too_long", "since"),
+        ({"since": "NOW-40d"}, "window_outside_retention", "since"),
+        ({"since": "NOW+1d"}, "window_invalid", "since"),
+        ({"since": "NOW+1d", "until": "NOW+2d"}, "window_invalid", "since"),
+        ({"since": "NOW-10", "until": "NOW+31d"}, "window_too_long", "until"),
+        ({"since": "2025-01-15 10:30:00Z"}, "parameter_invalid", "since"),
         ({"since": "NOW-40d", "until": "NOW-35d"}, "window_outside_retention", "since"),
         ({"since": "NOW-10", "extra": True}, "parameter_unknown", "extra"),
     ],
@@ -410,14 +414,14 @@ async def test_recover_validation(api: Api, body: dict[str, Any], code: str, par
     now = datetime.now(UTC)
 
     def resolve(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("NOW-"):
+        if isinstance(value, str) and value.startswith(("NOW-", "NOW+")):
             amount = value[4:]
             delta = (
                 timedelta(days=int(amount[:-1]))
                 if amount.endswith("d")
                 else timedelta(seconds=int(amount))
             )
-            return _iso(now - delta)
+            return _iso(now - delta if value[3] == "-" else now + delta)
         return value
 
     response = await api.post(
@@ -425,7 +429,10 @@ async def test_recover_validation(api: Api, body: dict[str, Any], code: str, par
     )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert (error["code"], error["param"]) == (code, param)
+    assert (error["code"], error["param"]) == (code, param), error
+    assert error["param"] is None or error["message"].startswith(error["param"]) or (
+        code == "window_too_long"
+    ), f"expected the message to name the field it blames: {error}"
 
 
 # Retention.

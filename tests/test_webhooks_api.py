@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 
 from hookd.api import create_app
+from hookd.errors import ERROR_CODES
 from hookd.settings import DEFAULT_API_VERSION
 from hookd.store import Store, open_driver
 from tests.conftest import ENGINES, Api, admin_sql, dsn_for, make_settings
@@ -109,6 +110,10 @@ FULL = {
 }
 MISSING = object()  # a table value meaning "leave this field out"
 TYPE = "parameter_invalid_type"
+# pydantic's own wording, which must not reach a client.
+RAW_PYDANTIC = re.compile(
+    r"Input should|should have|after validation|Value error|valid dictionary|is invalid:"
+)
 
 # --------------------------------------------------------------------------------------
 # Helpers
@@ -175,6 +180,13 @@ def assert_error(
     if status in (400, 404):
         assert error["type"] == "invalid_request_error", f"expected invalid_request_error: {error}"
     assert isinstance(error["message"], str) and error["message"], f"expected a message: {error}"
+    message = error["message"]
+    assert message.endswith(".") and not RAW_PYDANTIC.search(message), (
+        f"expected one sentence in hookd's words (what was wrong, how to fix it): {error}"
+    )
+    assert ERROR_CODES.get(error["code"], (None,))[0] == status, (
+        f"expected a code of hookd.errors.ERROR_CODES for {status}: {error}"
+    )
     if code is not None:
         assert error["code"] == code, f"expected code {code!r}, got {error}"
     if param is not _ANY:
@@ -474,6 +486,12 @@ FIELD_REJECTIONS = [
     pytest.param({"url": "example.com/hook"}, "url", None, id="url-no-scheme"),
     pytest.param({"url": "//example.com/hook"}, "url", None, id="url-scheme-relative"),
     pytest.param({"url": "https://example.com:99999/"}, "url", None, id="url-bad-port"),
+    pytest.param({"url": "https://example.com:0/"}, "url", None, id="url-port-0"),
+    pytest.param({"url": "https://example.com:/"}, "url", None, id="url-empty-port"),
+    pytest.param({"url": "https://bücher.example/hook"}, "url", None, id="url-idn-not-punycode"),
+    pytest.param({"url": "https://exa..mple.com/"}, "url", None, id="url-empty-label"),
+    pytest.param({"url": "https://[2001:db8::zz]/"}, "url", None, id="url-bad-ipv6"),
+    pytest.param({"url": "https://example.com\\@evil/"}, "url", None, id="url-backslash"),
     pytest.param({"url": ""}, "url", None, id="url-empty"),
     pytest.param({"url": 5}, "url", TYPE, id="url-number"),
     pytest.param({"url": ["https://example.com"]}, "url", TYPE, id="url-array"),
@@ -529,6 +547,8 @@ FIELD_REJECTIONS = [
     ],
     # requestConfig.headers
     pytest.param(_config(headers=_headers(11)), "requestConfig.headers", None, id="headers-11"),
+    pytest.param(_config(headers=None), "requestConfig.headers", TYPE, id="headers-null"),
+    pytest.param(_config(timeoutMs=1000.000001), "requestConfig.timeoutMs", TYPE, id="timeout-1000.000001"),
     pytest.param(_config(headers="X-A: b"), "requestConfig.headers", TYPE, id="headers-string"),
     pytest.param(_config(headers=["X-A"]), "requestConfig.headers", TYPE, id="headers-array"),
     *[
@@ -630,7 +650,11 @@ FIELD_ACCEPTANCES = [
         for name, url in [
             ("port-query-fragment", "https://example.com:8443/p?q=1&r=2#frag"),
             ("ipv6", "https://[2001:db8::1]:8443/hook"),
-            ("idn", "https://bücher.example/hook"),
+            ("idn-punycode", "https://xn--bcher-kva.example/hook"),
+            ("trailing-dot", "https://example.com./hook"),
+            ("ipv4-mapped-ipv6", "https://[::ffff:192.0.2.1]/hook"),
+            ("port-65535", "https://example.com:65535/"),
+            ("integral-float-timeout-is-not-here", "https://example.com/?timeout=1.0"),
             ("uppercase-scheme", "HTTPS://EXAMPLE.COM/Hook"),
             ("2048-chars", "https://example.com/" + "a" * 2028),
             ("http-when-allowed", "http://example.com/hook"),
@@ -661,6 +685,13 @@ FIELD_ACCEPTANCES = [
     *[
         pytest.param(_config(timeoutMs=v), "requestConfig.timeoutMs", v, id=f"timeout-{v}")
         for v in (1000, 5000, 30000)
+    ],
+    # JSON Schema calls 3607.0 an integer, and so does hookd.
+    *[
+        pytest.param(
+            _config(timeoutMs=v), "requestConfig.timeoutMs", int(v), id=f"timeout-float-{v}"
+        )
+        for v in (3607.0, 1000.0, 3e4)
     ],
     *[
         pytest.param(_config(headers=h), "requestConfig.headers", h, id=f"headers-{name}")
@@ -929,6 +960,16 @@ async def test_patch_that_changes_nothing_is_a_no_op(shared: Shared, patch: dict
             f"updatedAt included: {before} -> {after}"
         )
         assert await get(shared.api, before["id"]) == before, "expected the webhook unchanged"
+    finally:
+        await shared.delete(before["id"])
+
+
+async def test_patch_without_a_body_is_a_no_op(shared: Shared) -> None:
+    """/openapi.json says the PATCH body is optional: no body at all changes nothing."""
+    before = await shared.create(**FULL)
+    try:
+        after = ok(await shared.api.patch(path(before["id"])))
+        assert after == before, f"expected a PATCH without a body to change nothing: {after}"
     finally:
         await shared.delete(before["id"])
 

@@ -1,5 +1,5 @@
-"""The ASGI application: routes, the SPEC §2 conventions that apply to every response, and
-``/openapi.json``."""
+"""The ASGI application: routes, the SPEC §2 conventions that apply to every response,
+``/openapi.json`` (built by :mod:`hookd.api.spec`) and ``/docs`` (Swagger UI, vendored)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,8 +26,8 @@ from hookd.api import deliveries, events, webhooks
 from hookd.api.auth import RateLimiter
 from hookd.api.render import JSONResponse
 from hookd.api.routing import V2Routes
-from hookd.api.schemas import ErrorOut, StatusOut
-from hookd.api.spec import BODY_MODELS
+from hookd.api.schemas import StatusOut
+from hookd.api.spec import build_openapi, operation
 from hookd.api.validation import MAX_BODY_BYTES
 from hookd.errors import ApiError, DatabaseUnavailable
 from hookd.settings import DEFAULT_API_VERSION, Settings
@@ -111,29 +112,14 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 
 async def _query_error(request: Request, exc: Exception) -> Response:
+    # hookd's routes parse their own parameters (hookd.api.routing); this answers for any
+    # route FastAPI would validate itself, in the same words.
     assert isinstance(exc, RequestValidationError)
-    err = exc.errors()[0]
-    where = [str(p) for p in err.get("loc", ())]
+    where = [str(p) for p in exc.errors()[0].get("loc", ())]
     param = where[-1] if where else None
-    if param == "cursor":
-        error = ApiError(
-            400, "cursor_invalid", "cursor is too long to be a cursor of this list.", "cursor"
-        )
-    elif param == "limit":
-        error = ApiError(
-            400, "parameter_invalid", "limit must be an integer from 1 to 100.", "limit"
-        )
-    elif param == "status":
-        error = ApiError(
-            400,
-            "parameter_invalid",
-            "status must be one of the statuses this list filters by.",
-            param,
-        )
-    else:
-        error = ApiError(
-            400, "parameter_invalid", f"{param} is invalid: {err.get('msg', '')}.", param
-        )
+    error = ApiError(
+        400, "parameter_invalid", f"{param} is not valid; see /openapi.json for its rule.", param
+    )
     return _error_response(request, error)
 
 
@@ -170,7 +156,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             headers={"Allow": ", ".join(allowed)},
         )
     else:
-        error = ApiError(exc.status_code, "http_error", str(exc.detail))
+        error = ApiError(exc.status_code, "http_error", f"{exc.detail}.")
     return _error_response(request, error)
 
 
@@ -180,6 +166,43 @@ async def _server_error(request: Request, exc: Exception) -> Response:
         request,
         ApiError(500, "internal_error", "hookd failed to handle this request; it was logged."),
     )
+
+
+_STATIC = Path(__file__).with_name("static") / "swagger-ui"
+_ASSET_TYPES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "init.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+    "LICENSE": "text/plain; charset=utf-8",
+    "NOTICE": "text/plain; charset=utf-8",
+    "swagger-ui-bundle.js.LICENSE.txt": "text/plain; charset=utf-8",
+}
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>hookd API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/init.js"></script>
+</body>
+</html>
+"""
+
+
+@cache
+def _docs_asset(name: str) -> tuple[bytes, str] | None:
+    """A file of the vendored Swagger UI (see static/swagger-ui/VENDORED.md), read once."""
+    media_type = _ASSET_TYPES.get(name)
+    if media_type is None:
+        return None
+    return (_STATIC / name).read_bytes(), media_type
 
 
 def create_app(
@@ -228,8 +251,9 @@ def create_app(
     @app.get(
         "/healthz",
         tags=["Operations"],
-        summary="The process is alive",
-        responses={200: {"model": StatusOut}},
+        **operation(
+            "getHealth", "The process is alive", ok=(200, StatusOut, "Alive"), secured=False
+        ),
     )
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
@@ -237,11 +261,13 @@ def create_app(
     @app.get(
         "/readyz",
         tags=["Operations"],
-        summary="The database is reachable",
-        responses={
-            200: {"model": StatusOut},
-            503: {"model": ErrorOut, "description": "Database unavailable"},
-        },
+        **operation(
+            "getReadiness",
+            "The database accepts work",
+            ok=(200, StatusOut, "Ready"),
+            errors=(503,),
+            secured=False,
+        ),
     )
     async def readyz() -> Response:
         await store.ping()
@@ -250,11 +276,30 @@ def create_app(
     @app.get(
         "/metrics",
         tags=["Operations"],
-        summary="Prometheus metrics",
-        response_class=PlainTextResponse,
+        **operation(
+            "getMetrics",
+            "Prometheus metrics",
+            ok=(200, None, "The metrics in Prometheus' text format"),
+            media_type="text/plain",
+            secured=False,
+        ),
     )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return HTMLResponse(_DOCS_PAGE)
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        found = _docs_asset(name)
+        if found is None:
+            raise ApiError(404, "route_not_found", f"There is no file {name} in /docs/assets.")
+        content, media_type = found
+        return Response(
+            content, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"}
+        )
 
     # Publishing is the hottest route: first in line.
     routers = [events.router, webhooks.router, deliveries.router]
@@ -268,42 +313,13 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
+            app.openapi_schema = build_openapi(
+                documented,
                 title=app.title,
                 version=app.version,
-                summary=app.summary,
-                routes=documented,
-                openapi_version="3.1.0",
+                summary=app.summary or "",
+                allow_http=settings.allow_http,
             )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in BODY_MODELS:
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
-            schema["components"]["securitySchemes"] = {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, sk_..."}
-            }
-            # hookd answers invalid input with 400 (SPEC §2), never FastAPI's 422.
-            for unused in ("HTTPValidationError", "ValidationError"):
-                components.pop(unused, None)
-            for path, item in schema["paths"].items():
-                for operation in item.values():
-                    operation.get("responses", {}).pop("422", None)
-                if path.startswith("/v2/"):
-                    for operation in item.values():
-                        operation["security"] = [{"bearer": []}]
-                        operation.setdefault("parameters", []).append(
-                            {
-                                "name": "Featurebase-Version",
-                                "in": "header",
-                                "required": False,
-                                "schema": {
-                                    "type": "string",
-                                    "enum": ["2026-01-01.nova", "2025-12-12.clover"],
-                                },
-                            }
-                        )
-            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -7,19 +7,26 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import MISSING, BaseModel, ConfigDict, WithJsonSchema
 from starlette.responses import Response
 
 from hookd.api.auth import Principal, authenticate
 from hookd.api.events import encode_data
-from hookd.api.pagination import MAX_CURSOR, decode_cursor, page
+from hookd.api.pagination import Cursor, decode_cursor, page
 from hookd.api.render import JSONResponse, attempt_json, delivery_json
 from hookd.api.routing import HookdRoute
-from hookd.api.schemas import DeliveryDetailOut, DeliveryList, DeliveryOut, RecoveryOut, TopicIn
-from hookd.api.spec import ERRORS, body_spec, webhook_id_param
+from hookd.api.schemas import (
+    DeliveryDetailOut,
+    DeliveryList,
+    DeliveryOut,
+    RecoveryOut,
+    TopicIn,
+    component,
+)
+from hookd.api.spec import operation, webhook_id_param
 from hookd.api.validation import parse_body, read_body
 from hookd.api.webhooks import load_webhook
-from hookd.clock import parse_iso
+from hookd.clock import parse_rfc3339
 from hookd.delivery.envelope import event_body
 from hookd.errors import ApiError
 from hookd.settings import Settings
@@ -35,16 +42,29 @@ _DAY_MS = 86_400_000
 
 
 class TestIn(BaseModel):
+    """A test event; `topic` defaults to the webhook's first topic."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    topic: TopicIn | None = None
+    topic: TopicIn | MISSING = MISSING
+
+
+DateTime = Annotated[str, WithJsonSchema(component("DateTime"))]
 
 
 class RecoverIn(BaseModel):
+    """The window whose events to queue again: `since` inclusive, `until` exclusive
+    (default now), within the retention."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    since: Annotated[str, Field(max_length=64, description="ISO 8601 time, inclusive")]
-    until: Annotated[
-        str | None, Field(max_length=64, description="ISO 8601 time, exclusive; default now")
-    ] = None
+    since: DateTime
+    until: DateTime | MISSING = MISSING
+
+
+# Where a delivery's ids lead (OpenAPI links).
+DELIVERY_LINKS = {
+    target: {"id": "$response.body#/webhookId", "deliveryId": "$response.body#/id"}
+    for target in ("getDelivery", "retryDelivery")
+}
 
 
 def _store(request: Request) -> Store:
@@ -67,16 +87,19 @@ def _delivery_id(value: str) -> str:
 
 @router.get(
     "/deliveries",
-    responses={200: {"model": DeliveryList}, **ERRORS},
-    summary="List a webhook's deliveries",
+    **operation(
+        "listDeliveries",
+        "List a webhook's deliveries",
+        ok=(200, DeliveryList, "A page of deliveries, newest first"),
+    ),
 )
 async def list_deliveries(
     request: Request,
     principal: Auth,
     id: str,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
-    status: DeliveryStatus | None = None,
+    cursor: Cursor = None,
+    status: Annotated[DeliveryStatus | None, WithJsonSchema(component("DeliveryStatus"))] = None,
 ) -> Response:
     webhook = await load_webhook(request, principal, id)
     list_name = f"deliveries:{webhook.id}"
@@ -87,8 +110,11 @@ async def list_deliveries(
 
 @router.get(
     "/deliveries/{deliveryId}",
-    responses={200: {"model": DeliveryDetailOut}, **ERRORS},
-    summary="Get a delivery with its payload and attempts",
+    **operation(
+        "getDelivery",
+        "Get a delivery with its payload and attempts",
+        ok=(200, DeliveryDetailOut, "The delivery, its payload and its attempts, oldest first"),
+    ),
 )
 async def get_delivery(request: Request, principal: Auth, id: str, deliveryId: str) -> Response:
     webhook = await load_webhook(request, principal, id)
@@ -105,9 +131,12 @@ async def get_delivery(request: Request, principal: Auth, id: str, deliveryId: s
 
 @router.post(
     "/deliveries/{deliveryId}/retry",
-    status_code=202,
-    responses={202: {"model": DeliveryOut, "description": "Queued for an attempt now"}, **ERRORS},
-    summary="Retry a delivery now",
+    **operation(
+        "retryDelivery",
+        "Retry a delivery now",
+        ok=(202, DeliveryOut, "Queued for an attempt now"),
+        links=DELIVERY_LINKS,
+    ),
 )
 async def retry_delivery(request: Request, principal: Auth, id: str, deliveryId: str) -> Response:
     await read_body(request)
@@ -127,15 +156,19 @@ async def retry_delivery(request: Request, principal: Auth, id: str, deliveryId:
 
 @router.post(
     "/test",
-    status_code=202,
-    responses={202: {"model": DeliveryOut, "description": "A test delivery, queued"}, **ERRORS},
-    openapi_extra=body_spec(TestIn, required=False),
-    summary="Send a test event to a webhook",
+    **operation(
+        "sendTestEvent",
+        "Send a test event to a webhook",
+        ok=(202, DeliveryOut, "A test delivery, queued"),
+        body=TestIn,
+        body_required=False,
+        links=DELIVERY_LINKS,
+    ),
 )
 async def send_test(request: Request, principal: Auth, id: str) -> Response:
     webhook = await load_webhook(request, principal, id)
     body = parse_body(await read_body(request), TestIn)
-    topic = body.topic or webhook.topics[0]
+    topic = webhook.topics[0] if body.topic is MISSING else body.topic
     item = {
         "object": "test",
         "id": f"test_{secrets.token_hex(8)}",
@@ -150,22 +183,24 @@ async def send_test(request: Request, principal: Auth, id: str) -> Response:
 
 def _time(value: str, field: str) -> int:
     try:
-        return parse_iso(value)
-    except (ValueError, OverflowError):
+        return parse_rfc3339(value)
+    except ValueError:
         raise ApiError(
             400,
             "parameter_invalid",
-            f"{field} must be an ISO 8601 time with a timezone, e.g. 2025-01-15T10:30:00Z.",
+            f"{field} must be an RFC 3339 date-time with a timezone, e.g. 2025-01-15T10:30:00Z.",
             field,
         ) from None
 
 
 @router.post(
     "/recover",
-    status_code=202,
-    responses={202: {"model": RecoveryOut, "description": "Deliveries queued"}, **ERRORS},
-    openapi_extra=body_spec(RecoverIn),
-    summary="Recover a webhook's events of a time window after an outage",
+    **operation(
+        "recoverEvents",
+        "Queue again a webhook's events of a time window (after an outage)",
+        ok=(202, RecoveryOut, "The events of the window without a succeeded delivery, queued"),
+        body=RecoverIn,
+    ),
 )
 async def recover(request: Request, principal: Auth, id: str) -> Response:
     webhook = await load_webhook(request, principal, id)
@@ -174,23 +209,32 @@ async def recover(request: Request, principal: Auth, id: str) -> Response:
     settings: Settings = request.app.state.settings
     now = store.clock()
     since = _time(body.since, "since")
-    until = now if body.until is None else _time(body.until, "until")
+    until = now if body.until is MISSING else _time(body.until, "until")
     retention_ms = settings.retention_days * _DAY_MS
-    if until <= since:
-        raise ApiError(400, "window_invalid", "until must be later than since.", "until")
-    if until - since > retention_ms:
+    if since > now:
         raise ApiError(
             400,
-            "window_too_long",
-            f"The window is longer than the retention of {settings.retention_days} days; recover it in parts.",
+            "window_invalid",
+            "since is in the future; give the start of a window that has begun.",
             "since",
         )
+    if until <= since:
+        raise ApiError(400, "window_invalid", "until must be later than since.", "until")
     if since < now - retention_ms:
         raise ApiError(
             400,
             "window_outside_retention",
-            f"since is more than {settings.retention_days} days ago; older events have been purged.",
+            f"since is more than {settings.retention_days} days ago and older events have been "
+            f"purged; give a since within the last {settings.retention_days} days.",
             "since",
+        )
+    if until - since > retention_ms:
+        raise ApiError(
+            400,
+            "window_too_long",
+            f"The window is longer than the retention of {settings.retention_days} days; "
+            "recover it in parts.",
+            "until",
         )
     queued = await store.recover(
         principal.organization.id, webhook.id, list(webhook.topics), since, until

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Request
+from pydantic import MISSING, WithJsonSchema
 from starlette.responses import Response
 
 from hookd.api.auth import Principal, authenticate
 from hookd.api.render import JSONResponse
 from hookd.api.routing import HookdRoute
 from hookd.api.schemas import EventIn, EventOut
-from hookd.api.spec import ERRORS, body_spec
-from hookd.api.validation import check_url, parse_body, read_body
+from hookd.api.spec import operation
+from hookd.api.validation import (
+    IDEMPOTENCY_KEY_PATTERN,
+    anchored,
+    full_match,
+    parse_body,
+    read_body,
+)
 from hookd.clock import iso_ms
 from hookd.errors import ApiError
 from hookd.metrics import EVENTS
@@ -25,8 +31,6 @@ from hookd.topics import is_conversation_topic
 __all__ = ["encode_data", "router"]
 
 router = APIRouter(prefix="/v2/events", tags=["Events"], route_class=HookdRoute)
-
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}\Z")
 
 
 def encode_data(item: dict[str, Any], changes: list[dict[str, Any]]) -> str:
@@ -49,48 +53,54 @@ def encode_data(item: dict[str, Any], changes: list[dict[str, Any]]) -> str:
 def _draft(body: EventIn) -> EventDraft:
     conversation = is_conversation_topic(body.topic)
     for field in ("conversationId", "conversationUrl"):
-        if getattr(body, field) is not None and not conversation:
+        if getattr(body, field) is not MISSING and not conversation:
             raise ApiError(
                 400,
                 "parameter_invalid",
-                f"{field} is only accepted for conversation.* and conversation_part.* topics.",
+                f"{field} is only accepted for conversation.* and conversation_part.* topics; "
+                "remove it.",
                 field,
             )
-    if body.conversationUrl is not None:
-        try:
-            check_url(body.conversationUrl, allow_http=False)
-        except Exception:
-            raise ApiError(
-                400,
-                "url_invalid",
-                "conversationUrl must be an absolute https:// URL.",
-                "conversationUrl",
-            ) from None
     changes = [change.model_dump() for change in body.data.changes]
     return EventDraft(
-        body.topic, encode_data(body.data.item, changes), body.conversationId, body.conversationUrl
+        body.topic,
+        encode_data(body.data.item, changes),
+        None if body.conversationId is MISSING else body.conversationId,
+        None if body.conversationUrl is MISSING else body.conversationUrl,
     )
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": anchored(IDEMPOTENCY_KEY_PATTERN),
+            "description": "1 to 255 printable ASCII characters without spaces. The same key "
+            "in the same organization within 24 hours answers the first event again "
+            "(Idempotent-Replayed: true) and creates nothing.",
+        }
+    ),
+]
 
 
 @router.post(
     "",
-    status_code=202,
-    responses={
-        202: {
-            "model": EventOut,
-            "description": "Accepted: stored, and queued to every subscribed webhook",
-        },
-        **ERRORS,
-    },
-    openapi_extra=body_spec(EventIn),
-    summary="Publish an event",
+    **operation(
+        "publishEvent",
+        "Publish an event",
+        ok=(202, EventOut, "Accepted: stored, and queued to every subscribed webhook"),
+        body=EventIn,
+        headers=("Idempotent-Replayed",),
+    ),
 )
 async def publish(
     request: Request,
     principal: Annotated[Principal, Depends(authenticate)],
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+    if idempotency_key is not None and not full_match(IDEMPOTENCY_KEY_PATTERN, idempotency_key):
         raise ApiError(
             400,
             "idempotency_key_invalid",

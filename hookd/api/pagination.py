@@ -9,19 +9,39 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
+from fastapi import Query
+from pydantic import WithJsonSchema
 
 from hookd.errors import ApiError
 from hookd.ids import is_object_id
 from hookd.store.webhooks import FIRST_PAGE
 
-__all__ = ["MAX_CURSOR", "decode_cursor", "encode_cursor", "page"]
+__all__ = ["CURSOR_PATTERN", "MAX_CURSOR", "Cursor", "decode_cursor", "encode_cursor", "page"]
 
 T = TypeVar("T")
 MAX_CURSOR = 512
+# URL-safe characters only (SPEC §2): a cursor never needs escaping in a query string.
+CURSOR_PATTERN = f"^[A-Za-z0-9_-]{{1,{MAX_CURSOR}}}$"
+_CURSOR = re.compile(CURSOR_PATTERN.removesuffix("$") + r"\Z")
+
+#: The ``cursor`` query parameter of every list.
+Cursor = Annotated[
+    str | None,
+    Query(max_length=MAX_CURSOR),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": CURSOR_PATTERN,
+            "description": "The nextCursor of the previous page, unchanged; any other value "
+            "answers 400 cursor_invalid.",
+        }
+    ),
+]
 
 
 def encode_cursor(list_name: str, last_id: str) -> str:
@@ -42,7 +62,7 @@ def decode_cursor(list_name: str, cursor: str | None) -> str:
     """The id to list below; the first page's bound when there is no cursor."""
     if cursor is None:
         return FIRST_PAGE
-    if not cursor or len(cursor) > MAX_CURSOR or not cursor.isascii():
+    if not _CURSOR.match(cursor):
         raise _invalid()
     try:
         data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))

@@ -1,21 +1,58 @@
-"""The API's request and response models.
+"""The API's request and response models, and the shared schemas of ``/openapi.json``.
 
-Request models validate input (strict types, unknown fields refused). Response models
-document the objects in ``/openapi.json``; responses themselves are rendered by
-:mod:`hookd.api.render` for speed, and the schemathesis test checks they agree.
+Request models validate input (strict types, unknown fields refused). A field that may be
+left out but takes no ``null`` is typed ``X | MISSING``, so that its JSON Schema is exactly
+``X`` (neither nullable nor with a ``null`` default); only ``description`` takes ``null``.
+Every text rule is a pattern of :mod:`hookd.api.validation`, stated as is in the schema.
+
+Response models document the objects in ``/openapi.json``; responses themselves are rendered
+by :mod:`hookd.api.render` for speed, and the schemathesis test checks they agree.
+
+Enums and other shared schemas are components (:data:`COMPONENTS`) that every model and
+parameter refers to by ``$ref`` (:func:`ref`), so that generated clients get one type each.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    MISSING,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.config import JsonDict, JsonValue
 
-from hookd.api.validation import check_header_map, check_text, check_topic, check_url, custom_error
+from hookd.api.validation import (
+    HEADER_NAME_PATTERN,
+    HEADER_VALUE_PATTERN,
+    MAX_HEADERS,
+    MAX_URL_LENGTH,
+    MULTILINE_TEXT_PATTERN,
+    NAME_PATTERN,
+    TEXT_PATTERN,
+    anchored,
+    check_header_map,
+    check_name,
+    check_text,
+    check_topic,
+    check_url,
+    integral,
+    url_pattern,
+)
+from hookd.errors import ERROR_CODES, error_type_for_status
+from hookd.settings import API_VERSIONS, DEFAULT_API_VERSION
 from hookd.store.records import DeliveryStatus
-from hookd.topics import TOPICS
+from hookd.topics import CONVERSATION_TOPIC_PREFIXES, TOPICS
 
 __all__ = [
+    "COMPONENTS",
     "AttemptOut",
     "DeliveryDetailOut",
     "DeliveryList",
@@ -23,6 +60,7 @@ __all__ = [
     "ErrorOut",
     "EventIn",
     "EventOut",
+    "NotificationEvent",
     "RecoveryOut",
     "SecretRefresh",
     "StatusOut",
@@ -32,12 +70,141 @@ __all__ = [
     "WebhookList",
     "WebhookOut",
     "WebhookUpdate",
+    "component",
+    "ref",
+    "resolve_components",
+    "url_component",
 ]
 
-Topic = Literal[TOPICS]  # type: ignore[valid-type]
-TopicIn = Annotated[
-    str, AfterValidator(check_topic), Field(json_schema_extra={"enum": list(TOPICS)})
+
+def ref(name: str) -> dict[str, Any]:
+    """A JSON Schema reference to the component ``name``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def component(name: str, **siblings: Any) -> dict[str, Any]:
+    """A reference to the component ``name`` inside a pydantic or FastAPI schema
+    (``WithJsonSchema``): a placeholder that :func:`resolve_components` turns into the
+    ``$ref``, because pydantic resolves every ``$ref`` it meets among its own definitions."""
+    return {"x-component": name, **siblings}
+
+
+def resolve_components(schema: Any) -> Any:
+    """``schema`` with every :func:`component` placeholder made a ``$ref`` (titles dropped:
+    the component names itself)."""
+    if isinstance(schema, dict):
+        if "x-component" in schema:
+            rest = {k: v for k, v in schema.items() if k not in ("x-component", "title")}
+            return {**ref(schema["x-component"]), **resolve_components(rest)}
+        return {k: resolve_components(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [resolve_components(v) for v in schema]
+    return schema
+
+
+WEBHOOK_STATUSES = ("active", "paused", "suspended")
+SETTABLE_WEBHOOK_STATUSES = ("active", "paused")
+_CONVERSATION_TOPICS: list[JsonValue] = [
+    t for t in TOPICS if t.startswith(CONVERSATION_TOPIC_PREFIXES)
 ]
+_ERROR_STATUSES = sorted({status for status, _ in ERROR_CODES.values()})
+
+#: Shared schemas, referred to by name (``ref``) from models, parameters and headers.
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "Topic": {
+        "type": "string",
+        "enum": list(TOPICS),
+        "description": "An event topic (Featurebase's 27).",
+    },
+    "WebhookStatus": {"type": "string", "enum": list(WEBHOOK_STATUSES)},
+    "WebhookStatusUpdate": {
+        "type": "string",
+        "enum": list(SETTABLE_WEBHOOK_STATUSES),
+        "description": "The statuses a client may set: `suspended` is hookd's to set.",
+    },
+    "DeliveryStatus": {"type": "string", "enum": list(get_args(DeliveryStatus))},
+    "ApiVersion": {
+        "type": "string",
+        "enum": [DEFAULT_API_VERSION],
+        "description": "The API versions in which these endpoints exist. Leave the header out "
+        "to use the organization's default version.",
+    },
+    "ResolvedApiVersion": {
+        "type": "string",
+        "enum": list(API_VERSIONS),
+        "description": "The version a request was answered in: the one it asked for, or the "
+        "organization's default (an answer in 2025-12-12.clover is the error "
+        "api_version_unsupported).",
+    },
+    "ErrorType": {
+        "type": "string",
+        "enum": sorted({error_type_for_status(s) for s in _ERROR_STATUSES}),
+    },
+    "ErrorCode": {
+        "type": "string",
+        "enum": list(ERROR_CODES),
+        "description": "\n".join(
+            f"- `{code}` ({status}): {meaning}" for code, (status, meaning) in ERROR_CODES.items()
+        ),
+    },
+    "ObjectId": {
+        "type": "string",
+        "pattern": "^[0-9a-f]{24}$",
+        "description": "A 24-character lowercase hex id that sorts by creation time.",
+    },
+    "EventId": {
+        "type": "string",
+        "pattern": "^notif_[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
+        "description": "`notif_` and a UUIDv7.",
+    },
+    "Timestamp": {
+        "type": "string",
+        "format": "date-time",
+        "description": "UTC with milliseconds, e.g. 2025-01-15T10:30:00.000Z.",
+    },
+    "DateTime": {
+        "type": "string",
+        "format": "date-time",
+        "description": "An RFC 3339 date-time with a timezone, e.g. 2025-01-15T10:30:00Z.",
+    },
+    "ConversationUrl": {
+        "type": "string",
+        "maxLength": MAX_URL_LENGTH,
+        "pattern": anchored(url_pattern(allow_http=False)),
+        "description": "An absolute https:// URL.",
+    },
+}
+
+
+def url_component(*, allow_http: bool) -> dict[str, Any]:
+    """The schema of a webhook ``url`` on a server that does (not) allow ``http://``."""
+    http = (
+        "; http:// is allowed on this server (HOOKD_ALLOW_HTTP)"
+        if allow_http
+        else "; http:// needs HOOKD_ALLOW_HTTP"
+    )
+    return {
+        "type": "string",
+        "maxLength": MAX_URL_LENGTH,
+        "pattern": anchored(url_pattern(allow_http=allow_http)),
+        "description": "An absolute https:// URL with an ASCII host name (an internationalized "
+        "one in its xn-- form) or an IP address (IPv6 in brackets), an optional port "
+        f"1-65535, and no user name or password; at most {MAX_URL_LENGTH} characters{http}.",
+    }
+
+
+def _schema(name: str) -> WithJsonSchema:
+    return WithJsonSchema(component(name))
+
+
+# Shared field types.
+
+TopicIn = Annotated[str, AfterValidator(check_topic), _schema("Topic")]
+TopicOut = Annotated[str, _schema("Topic")]
+Timestamp = Annotated[str, _schema("Timestamp")]
+ObjectId = Annotated[str, _schema("ObjectId")]
+EventId = Annotated[str, _schema("EventId")]
+Count = Annotated[int, WithJsonSchema({"type": "integer", "minimum": 0})]
 
 
 class _In(BaseModel):
@@ -48,83 +215,110 @@ class SecretRefresh(_In):
     """The refresh endpoint takes no parameters: hookd makes the secret."""
 
 
-def _name(value: str) -> str:
-    value = check_text(value.strip())
-    if not 1 <= len(value) <= 100:
-        raise custom_error(
-            "parameter_invalid_length", "must be 1 to 100 characters (after trimming spaces)"
-        )
-    return value
-
-
 Name = Annotated[
     str,
-    AfterValidator(_name),
-    Field(
-        description="1 to 100 characters after trimming spaces", json_schema_extra={"minLength": 1}
+    AfterValidator(check_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": anchored(NAME_PATTERN),
+            "description": "1 to 100 characters after trimming spaces (which hookd trims), "
+            "no control characters.",
+        }
     ),
 ]
 Description = Annotated[
-    str, Field(max_length=500), AfterValidator(lambda v: check_text(v, multiline=True))
+    str,
+    Field(max_length=500),
+    AfterValidator(lambda v: check_text(v, multiline=True)),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 500,
+            "pattern": anchored(MULTILINE_TEXT_PATTERN),
+            "description": "At most 500 characters; no control characters but tabs and line breaks.",
+        }
+    ),
 ]
-Url = Annotated[str, Field(min_length=1, max_length=2048)]
+Url = Annotated[str, _schema("WebhookUrl")]
+Topics = Annotated[
+    list[TopicIn],
+    Field(min_length=1),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": component("Topic"),
+            "minItems": 1,
+            "description": "Duplicates are removed, order kept.",
+        }
+    ),
+]
+TimeoutMs = Annotated[
+    int,
+    BeforeValidator(integral),
+    Field(ge=1000, le=30000),
+    WithJsonSchema(
+        {
+            "type": "integer",
+            "minimum": 1000,
+            "maximum": 30000,
+            "description": "Milliseconds; 5000 when a new webhook leaves it out. An integral "
+            "number such as 3000.0 is taken as the integer.",
+        }
+    ),
+]
+HeaderMap = Annotated[
+    dict[str, str],
+    AfterValidator(check_header_map),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_HEADERS,
+            "propertyNames": {"pattern": anchored(HEADER_NAME_PATTERN)},
+            "additionalProperties": {"type": "string", "pattern": anchored(HEADER_VALUE_PATTERN)},
+            "description": "Custom headers sent with every delivery, at most 10: names are HTTP "
+            "tokens of at most 256 characters, given once each whatever their case, and not "
+            "Content-Type, Content-Length, Host, User-Agent, Transfer-Encoding, Connection, "
+            "X-Webhook-* or webhook-* (hookd sets those); values are printable ASCII without "
+            "line breaks, at most 1024 characters. Given, it replaces the whole map; {} "
+            "removes every header.",
+        }
+    ),
+]
 
 
 class RequestConfigIn(_In):
-    timeoutMs: Annotated[int, Field(ge=1000, le=30000)] | None = None
-    headers: dict[str, Annotated[str, Field(max_length=1024)]] | None = Field(
-        default=None, description="Custom headers (at most 10); replaces the whole map when given."
-    )
-
-    @field_validator("timeoutMs", mode="before")
-    @classmethod
-    def _timeout_not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise _null("timeoutMs")
-        return value
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return None if value is None else check_header_map(value)
-
-
-def _null(field: str) -> Exception:
-    return custom_error(
-        "parameter_invalid_type", f"must not be null (leave {field} out to keep it)"
-    )
+    timeoutMs: TimeoutMs | MISSING = MISSING
+    headers: HeaderMap | MISSING = MISSING
 
 
 class _UrlChecked(_In):
     @field_validator("url", check_fields=False)
     @classmethod
-    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
         allow_http = bool((info.context or {}).get("allow_http"))
-        return None if value is None else check_url(value, allow_http=allow_http)
+        return check_url(value, allow_http=allow_http)
 
 
 class WebhookCreate(_UrlChecked):
     name: Name
     url: Url
-    description: Description | None = None
-    topics: Annotated[list[TopicIn], Field(min_length=1)]
-    requestConfig: RequestConfigIn | None = None
+    description: Description | MISSING | None = MISSING
+    topics: Topics
+    requestConfig: RequestConfigIn | MISSING = MISSING
 
 
 class WebhookUpdate(_UrlChecked):
-    name: Name | None = None
-    url: Url | None = None
-    description: Description | None = None
-    topics: Annotated[list[TopicIn], Field(min_length=1)] | None = None
-    status: Literal["active", "paused"] | None = None
-    requestConfig: RequestConfigIn | None = None
+    """Only the fields given change; `{}` changes nothing."""
 
-    @field_validator("name", "url", "topics", "status", "requestConfig", mode="before")
-    @classmethod
-    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            raise _null(str(info.field_name))
-        return value
+    name: Name | MISSING = MISSING
+    url: Url | MISSING = MISSING
+    description: Description | MISSING | None = MISSING
+    topics: Topics | MISSING = MISSING
+    status: Annotated[Literal["active", "paused"], _schema("WebhookStatusUpdate")] | MISSING = (
+        MISSING
+    )
+    requestConfig: RequestConfigIn | MISSING = MISSING
 
 
 class Change(_In):
@@ -138,30 +332,74 @@ class EventData(_In):
     changes: list[Change] = Field(default_factory=list)
 
 
+_ONLY_FOR_CONVERSATIONS: JsonDict = {
+    # conversationId and conversationUrl only with a conversation topic (SPEC §4).
+    "if": {"properties": {"topic": {"not": {"enum": _CONVERSATION_TOPICS}}}},
+    "then": {"properties": {"conversationId": False, "conversationUrl": False}},
+}
+
+
 class EventIn(_In):
+    model_config = ConfigDict(json_schema_extra=_ONLY_FOR_CONVERSATIONS)
+
     topic: TopicIn
     data: EventData
     conversationId: (
-        Annotated[str, Field(min_length=1, max_length=255), AfterValidator(check_text)] | None
-    ) = None
-    conversationUrl: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+        Annotated[
+            str,
+            Field(min_length=1, max_length=255),
+            AfterValidator(check_text),
+            WithJsonSchema(
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": anchored(TEXT_PATTERN),
+                    "description": "Only with conversation.* and conversation_part.* topics.",
+                }
+            ),
+        ]
+        | MISSING
+    ) = MISSING
+    conversationUrl: (
+        Annotated[
+            str,
+            AfterValidator(lambda v: check_url(v, allow_http=False)),
+            WithJsonSchema(
+                component(
+                    "ConversationUrl",
+                    description="Only with conversation.* and conversation_part.* topics.",
+                )
+            ),
+        ]
+        | MISSING
+    ) = MISSING
 
 
 # Response models (documentation).
 
 
 class LastStatusOut(BaseModel):
-    code: int
+    code: Annotated[
+        int,
+        WithJsonSchema(
+            {
+                "type": "integer",
+                "minimum": 0,
+                "description": "HTTP status, or 0 without a response.",
+            }
+        ),
+    ]
     message: str
-    timestamp: str
+    timestamp: Timestamp
 
 
 class HealthOut(BaseModel):
-    avgResponseTime: int
-    consecutiveFailures: int
-    errorsSinceLastSuccess: int
-    lastResponseTime: int
-    lastSuccessAt: str | None
+    avgResponseTime: Count
+    consecutiveFailures: Count
+    errorsSinceLastSuccess: Count
+    lastResponseTime: Count
+    lastSuccessAt: Timestamp | None
 
 
 class RequestConfigOut(BaseModel):
@@ -171,18 +409,18 @@ class RequestConfigOut(BaseModel):
 
 class WebhookOut(BaseModel):
     object: Literal["webhook"]
-    id: str
+    id: ObjectId
     name: str
     url: str
     description: str | None
-    topics: list[Topic]
-    status: Literal["active", "paused", "suspended"]
+    topics: list[TopicOut]
+    status: Annotated[str, _schema("WebhookStatus")]
     requestConfig: RequestConfigOut
     lastStatus: LastStatusOut | None
     health: HealthOut
     secret: str
-    createdAt: str
-    updatedAt: str
+    createdAt: Timestamp
+    updatedAt: Timestamp
     version: str
 
 
@@ -193,16 +431,16 @@ class WebhookList(BaseModel):
 
 
 class WebhookDeleted(BaseModel):
-    id: str
+    id: ObjectId
     object: Literal["webhook"]
     deleted: Literal[True]
 
 
 class EventOut(BaseModel):
     object: Literal["event"]
-    id: str
-    topic: Topic
-    createdAt: str
+    id: EventId
+    topic: TopicOut
+    createdAt: Timestamp
 
 
 class StatusOut(BaseModel):
@@ -210,11 +448,11 @@ class StatusOut(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    type: str
-    code: str
+    type: Annotated[str, _schema("ErrorType")]
+    code: Annotated[str, _schema("ErrorCode")]
     message: str
     param: str | None
-    status: int
+    status: Annotated[int, WithJsonSchema({"type": "integer", "enum": _ERROR_STATUSES})]
 
 
 class ErrorOut(BaseModel):
@@ -224,16 +462,16 @@ class ErrorOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     object: Literal["webhook_delivery"]
-    id: str
-    webhookId: str
-    eventId: str
-    topic: Topic
-    status: DeliveryStatus
-    attemptCount: int
-    nextAttemptAt: str | None
-    lastAttemptAt: str | None
+    id: ObjectId
+    webhookId: ObjectId
+    eventId: EventId
+    topic: TopicOut
+    status: Annotated[str, _schema("DeliveryStatus")]
+    attemptCount: Count
+    nextAttemptAt: Timestamp | None
+    lastAttemptAt: Timestamp | None
     lastStatus: LastStatusOut | None
-    createdAt: str
+    createdAt: Timestamp
 
 
 class DeliveryList(BaseModel):
@@ -244,21 +482,48 @@ class DeliveryList(BaseModel):
 
 class AttemptOut(BaseModel):
     object: Literal["webhook_delivery_attempt"]
-    id: str
-    attemptNumber: int
-    attemptedAt: str
+    id: ObjectId
+    attemptNumber: Annotated[int, WithJsonSchema({"type": "integer", "minimum": 1})]
+    attemptedAt: Timestamp
     succeeded: bool
     statusCode: int | None
-    responseTimeMs: int
+    responseTimeMs: Count
     responseBody: str | None
     error: str | None
 
 
+class ChangeOut(BaseModel):
+    field: str
+    oldValue: Any
+    newValue: Any
+
+
+class NotificationEventData(BaseModel):
+    object: Literal["notification_event_data"]
+    item: dict[str, Any]
+    changes: list[ChangeOut]
+
+
+class NotificationEvent(BaseModel):
+    """The body of every delivery request (SPEC §5)."""
+
+    object: Literal["notification_event"]
+    id: EventId
+    topic: TopicOut
+    organizationId: ObjectId
+    webhookId: ObjectId
+    createdAt: Timestamp
+    deliveryStatus: Literal["pending", "retrying"]
+    conversationId: str | MISSING = MISSING
+    conversationUrl: str | MISSING = MISSING
+    data: NotificationEventData
+
+
 class DeliveryDetailOut(DeliveryOut):
-    payload: dict[str, Any]
+    payload: NotificationEvent
     attempts: list[AttemptOut]
 
 
 class RecoveryOut(BaseModel):
     object: Literal["recovery"]
-    queued: int
+    queued: Count

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import MISSING, WithJsonSchema
 from starlette.responses import Response
 
 from hookd.api.auth import Principal, authenticate
-from hookd.api.pagination import MAX_CURSOR, decode_cursor, page
+from hookd.api.pagination import Cursor, decode_cursor, page
 from hookd.api.render import JSONResponse, webhook_json
 from hookd.api.routing import HookdRoute
 from hookd.api.schemas import (
@@ -18,8 +19,9 @@ from hookd.api.schemas import (
     WebhookList,
     WebhookOut,
     WebhookUpdate,
+    component,
 )
-from hookd.api.spec import ERRORS, body_spec, webhook_id_param
+from hookd.api.spec import operation, webhook_id_param
 from hookd.api.validation import parse_body, read_body
 from hookd.errors import ApiError
 from hookd.ids import new_secret
@@ -32,6 +34,19 @@ router = APIRouter(prefix="/v2/webhooks", tags=["Webhooks"], route_class=HookdRo
 
 Auth = Annotated[Principal, Depends(authenticate)]
 DEFAULT_TIMEOUT_MS = 5000
+# Where a new webhook's id leads (OpenAPI links: clients and stateful tests follow them).
+WEBHOOK_LINKS = {
+    target: {"id": "$response.body#/id"}
+    for target in (
+        "getWebhook",
+        "updateWebhook",
+        "deleteWebhook",
+        "refreshWebhookSecret",
+        "listDeliveries",
+        "sendTestEvent",
+        "recoverEvents",
+    )
+}
 
 
 def _store(request: Request) -> Store:
@@ -58,13 +73,20 @@ def _context(request: Request) -> dict[str, Any]:
     return {"allow_http": settings.allow_http}
 
 
-@router.get("", responses={200: {"model": WebhookList}, **ERRORS}, summary="List webhooks")
+@router.get(
+    "",
+    **operation(
+        "listWebhooks", "List webhooks", ok=(200, WebhookList, "A page of webhooks, newest first")
+    ),
+)
 async def list_webhooks(
     request: Request,
     principal: Auth,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR)] = None,
-    status: Literal["active", "paused", "suspended"] | None = None,
+    cursor: Cursor = None,
+    status: Annotated[
+        Literal["active", "paused", "suspended"] | None, WithJsonSchema(component("WebhookStatus"))
+    ] = None,
 ) -> Response:
     before = decode_cursor("webhooks", cursor)
     found = await _store(request).list_webhooks(
@@ -75,55 +97,70 @@ async def list_webhooks(
 
 @router.post(
     "",
-    responses={200: {"model": WebhookOut}, **ERRORS},
-    openapi_extra=body_spec(WebhookCreate),
-    summary="Create a webhook",
+    **operation(
+        "createWebhook",
+        "Create a webhook",
+        ok=(200, WebhookOut, "The new webhook, active, with its secret"),
+        body=WebhookCreate,
+        links=WEBHOOK_LINKS,
+    ),
 )
 async def create_webhook(request: Request, principal: Auth) -> Response:
     body = parse_body(await read_body(request), WebhookCreate, _context(request))
     config = body.requestConfig
+    timeout_ms = DEFAULT_TIMEOUT_MS
+    headers: dict[str, str] = {}
+    if config is not MISSING:
+        if config.timeoutMs is not MISSING:
+            timeout_ms = config.timeoutMs
+        if config.headers is not MISSING:
+            headers = config.headers
     webhook = await _store(request).create_webhook(
         principal.organization.id,
         name=body.name,
         url=body.url,
-        description=body.description,
+        description=None if body.description is MISSING else body.description,
         topics=list(dict.fromkeys(body.topics)),
-        timeout_ms=config.timeoutMs
-        if config and config.timeoutMs is not None
-        else DEFAULT_TIMEOUT_MS,
-        headers=config.headers if config and config.headers is not None else {},
+        timeout_ms=timeout_ms,
+        headers=headers,
         secret=new_secret(),
     )
     return JSONResponse(webhook_json(webhook))
 
 
-@router.get("/{id}", responses={200: {"model": WebhookOut}, **ERRORS}, summary="Get webhook by ID")
+@router.get(
+    "/{id}", **operation("getWebhook", "Get a webhook", ok=(200, WebhookOut, "The webhook"))
+)
 async def get_webhook(request: Request, principal: Auth, id: str) -> Response:
     return JSONResponse(webhook_json(await load_webhook(request, principal, id)))
 
 
 @router.patch(
     "/{id}",
-    responses={200: {"model": WebhookOut}, **ERRORS},
-    openapi_extra=body_spec(WebhookUpdate),
-    summary="Update a webhook",
+    **operation(
+        "updateWebhook",
+        "Update a webhook (only the fields given change)",
+        ok=(200, WebhookOut, "The updated webhook"),
+        body=WebhookUpdate,
+        body_required=False,
+    ),
 )
 async def update_webhook(request: Request, principal: Auth, id: str) -> Response:
     webhook_id = webhook_id_param(id)
     body = parse_body(await read_body(request), WebhookUpdate, _context(request))
-    given = body.model_fields_set
     changes: dict[str, Any] = {}
     for field in ("name", "url", "description", "status"):
-        if field in given:
-            changes[field] = getattr(body, field)
-    if "topics" in given and body.topics is not None:
+        value = getattr(body, field)
+        if value is not MISSING:
+            changes[field] = value
+    if body.topics is not MISSING:
         changes["topics"] = list(dict.fromkeys(body.topics))
-    if body.requestConfig is not None:
-        config_given = body.requestConfig.model_fields_set
-        if "timeoutMs" in config_given:
-            changes["timeout_ms"] = body.requestConfig.timeoutMs
-        if "headers" in config_given:
-            changes["headers"] = body.requestConfig.headers or {}
+    config = body.requestConfig
+    if config is not MISSING:
+        if config.timeoutMs is not MISSING:
+            changes["timeout_ms"] = config.timeoutMs
+        if config.headers is not MISSING:
+            changes["headers"] = config.headers
     updated = await _store(request).update_webhook(principal.organization.id, webhook_id, changes)
     if updated is None:
         raise missing()
@@ -131,7 +168,12 @@ async def update_webhook(request: Request, principal: Auth, id: str) -> Response
 
 
 @router.delete(
-    "/{id}", responses={200: {"model": WebhookDeleted}, **ERRORS}, summary="Delete a webhook"
+    "/{id}",
+    **operation(
+        "deleteWebhook",
+        "Delete a webhook",
+        ok=(200, WebhookDeleted, "Deleted; its pending deliveries are cancelled"),
+    ),
 )
 async def delete_webhook(request: Request, principal: Auth, id: str) -> Response:
     webhook_id = webhook_id_param(id)
@@ -142,9 +184,13 @@ async def delete_webhook(request: Request, principal: Auth, id: str) -> Response
 
 @router.post(
     "/{id}/secret",
-    responses={200: {"model": WebhookOut}, **ERRORS},
-    openapi_extra=body_spec(SecretRefresh, required=False),
-    summary="Refresh webhook signing secret",
+    **operation(
+        "refreshWebhookSecret",
+        "Refresh a webhook's signing secret",
+        ok=(200, WebhookOut, "The webhook with its new secret"),
+        body=SecretRefresh,
+        body_required=False,
+    ),
 )
 async def refresh_secret(request: Request, principal: Auth, id: str) -> Response:
     webhook_id = webhook_id_param(id)
