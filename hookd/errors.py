@@ -77,6 +77,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "window_invalid": (400, "a recovery window that is empty or starts in the future"),
     "window_too_long": (400, "a recovery window longer than the retention"),
     "window_outside_retention": (400, "a recovery window that starts before the retention"),
+    "organization_exists": (400, "hookd orgs create: an organization of that name exists"),
+    "http_error": (400, "a request the HTTP layer refused"),
     "api_key_missing": (401, "no Authorization header"),
     "api_key_invalid": (401, "a malformed or unknown API key"),
     "api_key_revoked": (401, "a revoked API key"),

@@ -370,11 +370,8 @@ def _model_schemas(
         sorted(modes, key=lambda pair: pair[0].__name__), ref_template=template
     )
     defs: dict[str, Any] = schemas.get("$defs", {})
-    request_names = {m.__name__ for m in requests}
-    return {
-        name: _drop_null_defaults(schema) if name in request_names else schema
-        for name, schema in defs.items()
-    }
+    # An optional field left out is not null: no "default": null anywhere.
+    return {name: _drop_null_defaults(schema) for name, schema in defs.items()}
 
 
 def _delivery_webhook() -> dict[str, Any]:
