@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import signal
 import sys
 
@@ -18,13 +19,13 @@ from hookd.clock import Clock, system_clock
 from hookd.delivery.guard import AddressGuard
 from hookd.delivery.sender import Sender
 from hookd.delivery.worker import Worker, WorkerConfig
-from hookd.errors import HookdError
+from hookd.errors import HookdError, SettingsError
 from hookd.logs import configure_logging, get_logger
-from hookd.settings import DEFAULT_API_VERSION, Settings, database_problem
+from hookd.settings import DEFAULT_API_VERSION, Settings, database_location, database_problem
 from hookd.store import Driver, Store, open_driver
 from hookd.store.migrate import upgrade_async
 
-__all__ = ["build_worker", "run_server"]
+__all__ = ["base_url", "build_worker", "dev_settings", "run_server"]
 
 log = get_logger("hookd")
 
@@ -58,13 +59,60 @@ def build_worker(settings: Settings, store: Store, clock: Clock = system_clock) 
     return Worker(store, sender, config, clock=clock)
 
 
-def _announce_key(key: str) -> None:
+_LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def dev_settings(settings: Settings) -> Settings:
+    """``hookd serve --dev``: http:// URLs and loopback receivers allowed, which is only safe
+    on a server nobody else can reach, so it listens on loopback only."""
+    if not _is_loopback(settings.host):
+        raise SettingsError(
+            f"--dev listens on loopback only, not on {settings.host}; leave HOOKD_HOST and "
+            "--host unset (127.0.0.1) or give a loopback address"
+        )
+    networks = [*settings.allowed_networks]
+    networks += [net for net in _LOOPBACK_NETWORKS if net not in networks]
+    return settings.model_copy(update={"allow_http": True, "allowed_networks": tuple(networks)})
+
+
+def base_url(settings: Settings) -> str:
+    """The URL that reaches the API on this machine (a wildcard address becomes loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def _announce_key(key: str, url: str) -> None:
     click.echo(
         "\nhookd: created the organization 'default' and this API key for it (shown only once):\n\n"
         f"    {key}\n\n"
-        "Use it as: curl -H 'Authorization: Bearer <key>' http://HOST:PORT/v2/webhooks\n"
+        "Use it as:\n\n"
+        f"    export KEY=<the key above> HOOKD={url}\n"
+        '    curl -H "Authorization: Bearer $KEY" $HOOKD/v2/webhooks\n'
     )
     sys.stdout.flush()
+
+
+def _announce_dev(settings: Settings) -> None:
+    line = "!" * 78
+    click.echo(
+        f"{line}\n"
+        "hookd: DEVELOPMENT MODE (--dev). Webhook URLs may use http:// and hookd delivers to\n"
+        "loopback receivers (127.0.0.0/8, ::1), so it listens on loopback only. Never use\n"
+        f"--dev on a server that others can reach. API: {base_url(settings)}\n"
+        f"{line}",
+        err=True,
+    )
 
 
 def _tune_gc() -> None:
@@ -84,9 +132,13 @@ def _migrate(settings: Settings) -> None:
         sys.exit(1)
 
 
-def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) -> None:
+def run_server(
+    settings: Settings, *, api: bool, worker: bool, bootstrap: bool, dev: bool = False
+) -> None:
     """Apply migrations, then run the API (with uvicorn) and/or the delivery worker."""
     configure_logging(settings.log_level, settings.log_format)
+    if dev:
+        _announce_dev(settings)
     _migrate(settings)
     if not api:
         _tune_gc()
@@ -98,10 +150,15 @@ def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) 
     async def on_startup(app: FastAPI) -> None:
         nonlocal engine
         await store.start()
+        click.echo(
+            f"hookd: API at {base_url(settings)} (docs at {base_url(settings)}/docs), "
+            f"database {database_location(settings)}",
+            err=True,
+        )
         if bootstrap:
             key = await store.bootstrap(settings.webhook_limit, DEFAULT_API_VERSION)
             if key is not None:
-                _announce_key(key)
+                _announce_key(key, base_url(settings))
         if worker:
             engine = build_worker(settings, store)
             app.state.worker = engine

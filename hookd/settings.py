@@ -6,6 +6,7 @@ An invalid value stops hookd with one line naming the variable (see :func:`load_
 from __future__ import annotations
 
 import ipaddress
+import os
 import urllib.parse
 from typing import Annotated, Any, Literal
 
@@ -14,10 +15,20 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hookd.errors import SettingsError
 
-__all__ = ["API_VERSIONS", "DEFAULT_API_VERSION", "Settings", "database_problem", "load_settings"]
+__all__ = [
+    "API_VERSIONS",
+    "DEFAULT_API_VERSION",
+    "WEBHOOKS_SINCE",
+    "Settings",
+    "database_location",
+    "database_problem",
+    "load_settings",
+]
 
 DEFAULT_API_VERSION = "2026-01-01.nova"
 API_VERSIONS = ("2026-01-01.nova", "2025-12-12.clover")
+# The webhook endpoints exist from this version on (Featurebase's reference).
+WEBHOOKS_SINCE = "2026-01-01.nova"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,6 +126,17 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> str:
         return self.database_url[len("sqlite:///") :]
+
+
+def database_location(settings: Settings) -> str:
+    """Where the database is, for messages: a SQLite file's absolute path, or a PostgreSQL
+    URL without its password."""
+    if settings.is_sqlite:
+        return "sqlite:///" + os.path.abspath(settings.sqlite_path)
+    scheme, _, rest = settings.database_url.partition("://")
+    credentials, at, place = rest.rpartition("@")
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}{at}{place}"
 
 
 def database_problem(settings: Settings, exc: BaseException) -> str:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from hookd.api import create_app
-from hookd.settings import DEFAULT_API_VERSION
+from hookd.settings import DEFAULT_API_VERSION, database_location
 from hookd.store import Store, open_driver
 from hookd.store.migrate import head_revision
 from tests.conftest import ADMIN_DSN, make_settings
@@ -26,6 +26,7 @@ from tests.processes import (
     free_port,
     run_hookd,
 )
+from tests.receiver import Receiver
 
 OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 ISO_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
@@ -117,12 +118,20 @@ def list_keys(database_url: str, org: str) -> list[list[str]]:
 # Organizations.
 
 
+def location(database_url: str) -> str:
+    """The database location hookd prints: no password, a SQLite file's absolute path."""
+    settings = make_settings(database_url)
+    return database_location(settings)
+
+
 def test_orgs_create_prints_only_the_id(database_url: str) -> None:
     result = run_hookd("orgs", "create", "acme", database_url=database_url)
     out = ok(result)
     assert OBJECT_ID.fullmatch(out.rstrip("\n")), repr(out)
     assert out.count("\n") == 1
-    assert result.stderr == ""
+    assert result.stderr == f"hookd: database {location(database_url)}\n", (
+        "expected only the database used, on stderr"
+    )
     [org] = stored_orgs(database_url)
     assert (org.id, org.name, org.webhook_limit, org.default_version) == (
         out.strip(),
@@ -140,25 +149,31 @@ def test_orgs_create_options_are_used(database_url: str) -> None:
         "--webhook-limit",
         "1",
         "--default-version",
-        "2025-12-12.clover",
+        "2026-01-01.nova",
         database_url=database_url,
     )
     org_id = ok(result).strip()
     [org] = stored_orgs(database_url)
-    assert (org.id, org.webhook_limit, org.default_version) == (org_id, 1, "2025-12-12.clover")
+    assert (org.id, org.webhook_limit, org.default_version) == (org_id, 1, "2026-01-01.nova")
     key = in_store(database_url, lambda store: store.create_api_key(org_id, None))[1]
     call = in_process_client(database_url, key)
-    # The organization's default version is clover, where webhooks do not exist.
-    refused = call("GET", "/v2/webhooks")
-    assert refused.status_code == 400, refused.text
-    assert refused.json()["error"]["code"] == "api_version_unsupported"
-    assert refused.headers["Featurebase-Version"] == "2025-12-12.clover"
     nova = {"Featurebase-Version": "2026-01-01.nova"}
     first = call("POST", "/v2/webhooks", json=WEBHOOK, headers=nova)
     assert first.status_code == 200, first.text
     second = call("POST", "/v2/webhooks", json=WEBHOOK, headers=nova)
     assert second.status_code == 400, second.text
     assert second.json()["error"]["code"] == "webhook_limit_reached"
+
+
+def test_orgs_create_refuses_a_version_without_webhooks(database_url: str) -> None:
+    """An organization defaulting to 2025-12-12.clover would have every request refused."""
+    result = run_hookd(
+        "orgs", "create", "old", "--default-version", "2025-12-12.clover", database_url=database_url
+    )
+    assert result.returncode == 2, result.stderr
+    assert "2025-12-12.clover has no webhook endpoints" in result.stderr, result.stderr
+    assert "2026-01-01.nova" in result.stderr, "expected the version to use instead"
+    assert stored_orgs(database_url) == []
 
 
 def test_orgs_create_defaults_to_the_webhook_limit_setting(database_url: str) -> None:
@@ -214,7 +229,7 @@ def test_keys_create_prints_only_a_working_key(database_url: str, by: str) -> No
     assert out.count("\n") == 1
     assert API_KEY.fullmatch(key), repr(out)
     assert len(key) - len("sk_") >= 32
-    assert result.stderr == ""
+    assert result.stderr == f"hookd: database {location(database_url)}\n"
     response = in_process_client(database_url, key)("GET", "/v2/webhooks")
     assert response.status_code == 200, response.text
     # The key belongs to that organization, labelled.
@@ -267,8 +282,10 @@ def test_keys_revoke_stops_the_key_at_once(tmp_path: Path, database_url: str) ->
         assert httpx.get(url, headers=auth(kept)).status_code == 200
         states = {row[1]: row[3] for row in list_keys(database_url, org)}
         assert states == {"kept": "active", "revoked": "revoked"}
-        # Revoking again is harmless and keeps it revoked.
-        ok(run_hookd("keys", "revoke", ids["revoked"], database_url=database_url))
+        assert result.stdout == f"hookd: revoked {ids['revoked']}\n"
+        # Revoking again is harmless, keeps it revoked, and says so.
+        again = ok(run_hookd("keys", "revoke", ids["revoked"], database_url=database_url))
+        assert again == f"hookd: already revoked {ids['revoked']}\n"
         assert httpx.get(url, headers=auth(revoked)).status_code == 401
         server.stop()
 
@@ -288,6 +305,63 @@ def test_unknown_org_or_key_fails_clearly(database_url: str, args: tuple[str, ..
     seed(database_url, "acme", "a key")
     line = one_line_failure(run_hookd(*args, database_url=database_url))
     assert args[-1] in line, line
+    assert location(database_url) in line, f"expected the database named: {line}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("orgs", "list"),
+        ("orgs", "create", "acme"),
+        ("keys", "create", "default"),
+        ("keys", "list", "x"),
+    ],
+    ids=" ".join,
+)
+def test_orgs_and_keys_refuse_a_missing_database(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Run where there is no hookd.db, orgs and keys say where they looked instead of
+    creating an empty database there."""
+    line = one_line_failure(run_hookd(*args, cwd=tmp_path))
+    assert f"no database at sqlite:///{tmp_path / 'hookd.db'}" in line, line
+    assert "hookd migrate" in line and "hookd serve" in line, line
+    assert list(tmp_path.iterdir()) == [], "expected nothing created"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("migrate", "--database-url", "mysql://x"), "--database-url"),
+        (("orgs", "list", "--database-url", "sqlite:///"), "--database-url"),
+        (("serve", "--host", " "), "--host"),
+    ],
+    ids=["migrate", "orgs", "serve-host"],
+)
+def test_a_bad_flag_value_names_the_flag(tmp_path: Path, args: tuple[str, ...], flag: str) -> None:
+    line = one_line_failure(run_hookd(*args, cwd=tmp_path), code=2)
+    assert line.startswith(f"hookd: {flag}: "), line
+    assert "HOOKD_" not in line, line
+
+
+@pytest.mark.parametrize("group", [(), ("orgs",), ("keys",)], ids=["hookd", "orgs", "keys"])
+def test_help_is_never_cut_off(group: tuple[str, ...]) -> None:
+    result = run_hookd(*group, "--help", env={"COLUMNS": "80"})
+    commands = ok(result).split("Commands:")[1].strip().splitlines()
+    assert not [c for c in commands if "..." in c or "\u2026" in c], commands
+    assert len(commands) >= 2 and all(line.rstrip().endswith(".") for line in commands), commands
+
+
+def test_migrate_lock_file_lies_beside_the_database(tmp_path: Path) -> None:
+    """The lock that orders concurrent migrations is DATABASE.migrate-lock, beside the
+    database, and git ignores it."""
+    url = f"sqlite:///{tmp_path / 'data' / 'hookd.db'}"
+    ok(run_hookd("migrate", database_url=url, cwd=tmp_path))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "hookd.db",
+        "hookd.db.migrate-lock",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    ignored = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
+    assert "*.migrate-lock" in ignored
 
 
 # Migrations.
@@ -368,6 +442,11 @@ def test_serve_prints_one_key_on_first_start_only(
         key = first.api_key()
         assert key in first.stdout()
         assert key not in first.stderr(), "the key must not go to the logs"
+        # The banner gives the server's real URL and database, not placeholders.
+        assert f"HOOKD={first.base_url}" in first.stdout(), first.stdout()
+        assert "HOST:PORT" not in first.stdout()
+        assert f"API at {first.base_url}" in first.stderr(), first.stderr()
+        assert f"database {location(url)}" in first.stderr(), first.stderr()
         response = httpx.get(first.url("/v2/webhooks"), headers=auth(key))
         assert response.status_code == 200, response.text
         assert response.json() == {"object": "list", "data": [], "nextCursor": None}
@@ -518,3 +597,54 @@ def test_missing_postgres_database_fails_with_one_line(
     line = one_line_failure(run_hookd(*args, database_url=url, cwd=tmp_path, timeout=60))
     assert "database" in line, line
     assert url.rsplit("/", 1)[-1] in line, line
+
+
+# hookd serve --dev
+
+
+async def test_serve_dev_delivers_to_a_local_http_receiver(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """--dev is what a first try on one's own machine needs: an http:// receiver on
+    loopback, with nothing else to set, and a banner that says what it allows."""
+    url = f"sqlite:///{tmp_path / 'hookd.db'}"
+    with HookdProcesses(tmp_path / "logs") as procs:
+        server = procs.start("serve", database_url=url, args=["--dev"])
+        assert "DEVELOPMENT MODE (--dev)" in server.stderr(), server.describe()
+        key = server.api_key()
+        async with httpx.AsyncClient(base_url=server.base_url, headers=auth(key)) as client:
+            created = await client.post(
+                "/v2/webhooks",
+                json={"name": "local", "url": receiver.url("/local"), "topics": ["post.created"]},
+            )
+            assert created.status_code == 200, created.text
+            published = await client.post(
+                "/v2/events", json={"topic": "post.created", "data": {"item": {"id": "p1"}}}
+            )
+            assert published.status_code == 202, published.text
+            [got] = await receiver.wait_for(1)
+            assert got.json()["id"] == published.json()["id"]
+        server.stop()
+
+
+def test_serve_without_dev_names_the_setting_for_http(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hookd.db'}"
+    with HookdProcesses(tmp_path / "logs") as procs:
+        server = procs.start("serve", database_url=url)
+        assert "DEVELOPMENT MODE" not in server.stderr()
+        response = httpx.post(
+            server.url("/v2/webhooks"),
+            headers=auth(server.api_key()),
+            json={"name": "local", "url": "http://127.0.0.1:9/x", "topics": ["post.created"]},
+        )
+        assert response.status_code == 400, response.text
+        assert "HOOKD_ALLOW_HTTP" in response.json()["error"]["message"]
+        server.stop()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "::"])
+def test_serve_dev_listens_on_loopback_only(tmp_path: Path, host: str) -> None:
+    result = run_hookd("serve", "--dev", "--host", host, cwd=tmp_path)
+    line = one_line_failure(result, code=2)
+    assert "--dev listens on loopback only" in line and host in line, line
+    assert list(tmp_path.iterdir()) == [], "expected nothing started or created"

@@ -325,24 +325,28 @@ async def test_refusal_messages() -> None:
 
     assert await message("example.test") == (
         "Refused to connect to 127.0.0.1 (example.test resolves to a loopback address); "
-        "add its network to HOOKD_ALLOWED_NETWORKS to allow it."
+        "to allow it, add 127.0.0.1/32 or its network to "
+        "HOOKD_ALLOWED_NETWORKS (a receiver on this machine: hookd serve --dev)."
     )
     assert await message("127.0.0.1") == (
         "Refused to connect to 127.0.0.1 (a loopback address); "
-        "add its network to HOOKD_ALLOWED_NETWORKS to allow it."
+        "to allow it, add 127.0.0.1/32 or its network to "
+        "HOOKD_ALLOWED_NETWORKS (a receiver on this machine: hookd serve --dev)."
     )
     assert await message("2130706433") == (
         "Refused to connect to 127.0.0.1 (2130706433 is a loopback address); "
-        "add its network to HOOKD_ALLOWED_NETWORKS to allow it."
+        "to allow it, add 127.0.0.1/32 or its network to "
+        "HOOKD_ALLOWED_NETWORKS (a receiver on this machine: hookd serve --dev)."
     )
     assert await message("[::1]") == (
         "Refused to connect to ::1 (a loopback address); "
-        "add its network to HOOKD_ALLOWED_NETWORKS to allow it."
+        "to allow it, add ::1/128 or its network to "
+        "HOOKD_ALLOWED_NETWORKS (a receiver on this machine: hookd serve --dev)."
     )
     assert await message("multi.test") == (
         "Refused to connect to 10.0.0.1 (multi.test resolves to a private address, "
         "and to 2 other refused addresses); "
-        "add its network to HOOKD_ALLOWED_NETWORKS to allow it."
+        "to allow it, add 10.0.0.1/32 or its network to HOOKD_ALLOWED_NETWORKS."
     )
     assert "and to 1 other refused address)" in await message("two.test")
 
@@ -531,7 +535,8 @@ async def test_name_resolving_to_loopback(server: LoopbackServer) -> None:
     refusal = refused(await attempt(guard_for(dns=dns), url))
     assert str(refusal) == (
         "Refused to connect to 127.0.0.1 (hooks.example.test resolves to a loopback address); "
-        "add its network to HOOKD_ALLOWED_NETWORKS to allow it."
+        "to allow it, add 127.0.0.1/32 or its network to "
+        "HOOKD_ALLOWED_NETWORKS (a receiver on this machine: hookd serve --dev)."
     )
     assert server.received == []
 

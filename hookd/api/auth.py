@@ -13,14 +13,12 @@ from fastapi import Request
 
 from hookd.errors import ApiError
 from hookd.ids import API_KEY_PREFIX, api_key_hash
-from hookd.settings import API_VERSIONS, DEFAULT_API_VERSION
+from hookd.settings import API_VERSIONS, DEFAULT_API_VERSION, WEBHOOKS_SINCE
 from hookd.store import Store
 from hookd.store.records import Organization, record
 
 __all__ = ["WEBHOOKS_SINCE", "Principal", "RateLimiter", "authenticate"]
 
-# The webhook endpoints exist from this version on (Featurebase's reference).
-WEBHOOKS_SINCE = "2026-01-01.nova"
 _WINDOW_MS = 60_000
 _MAX_KEY_LENGTH = 256
 

@@ -468,9 +468,12 @@ def _refusal_message(host: str, refused: list[tuple[IPAddress, str]], *, literal
     else:
         # Say how it was spelled, so "2130706433" is recognisable as 127.0.0.1.
         why = f"{host} is {reason}"
+    # Name the setting (and the value) that would allow it; a loopback receiver is almost
+    # always a developer's own machine, where serve --dev is the shorter way.
+    dev = " (a receiver on this machine: hookd serve --dev)" if ip.is_loopback else ""
     return (
-        f"Refused to connect to {ip} ({why}); "
-        "add its network to HOOKD_ALLOWED_NETWORKS to allow it."
+        f"Refused to connect to {ip} ({why}); to allow it, add {ip}/{ip.max_prefixlen} or its "
+        f"network to HOOKD_ALLOWED_NETWORKS{dev}."
     )
 
 
