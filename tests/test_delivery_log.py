@@ -342,7 +342,34 @@ async def test_failing_test_event_does_not_suspend(api: Api, receiver: Receiver)
     current = (await api.get(f"/v2/webhooks/{hook['id']}")).json()
     assert current["status"] == "active" and current["health"]["consecutiveFailures"] == 0
     assert current["lastStatus"]["code"] == 500, "the test's outcome shows in lastStatus"
+    assert current["health"]["errorsSinceLastSuccess"] == 1, (
+        "a failed test attempt counts as a failed attempt (README: test deliveries and health)"
+    )
     assert len(receiver.requests) == 1, "test deliveries are attempted once"
+
+
+async def test_successful_test_event_neither_clears_nor_adds_to_consecutive_failures(
+    api: Api, receiver: Receiver
+) -> None:
+    """The README's rule: a test attempt moves lastStatus, the timings, errorsSinceLastSuccess
+    and lastSuccessAt, but consecutiveFailures counts only real deliveries that ended failed."""
+    receiver.behave("/hook", status=500)
+    hook = await webhook(api, receiver)
+    async with worker_for(api, retry_schedule=""):
+        await api.publish()
+        await eventually(lambda: settled(api, hook["id"], 1))
+        failing = (await api.get(f"/v2/webhooks/{hook['id']}")).json()["health"]
+        assert (failing["consecutiveFailures"], failing["errorsSinceLastSuccess"]) == (1, 1)
+        receiver.behave("/hook", status=204)
+        await api.post(f"/v2/webhooks/{hook['id']}/test")
+        await eventually(lambda: settled(api, hook["id"], 2))
+    current = (await api.get(f"/v2/webhooks/{hook['id']}")).json()
+    assert current["lastStatus"]["code"] == 204 and current["lastStatus"]["message"] == "Success"
+    assert current["health"]["errorsSinceLastSuccess"] == 0
+    assert current["health"]["lastSuccessAt"] is not None
+    assert current["health"]["consecutiveFailures"] == 1, (
+        "a test delivery must not reset the count of failed deliveries"
+    )
 
 
 # Recovery.
