@@ -110,9 +110,9 @@ def _announce_dev(settings: Settings) -> None:
         "hookd: DEVELOPMENT MODE (--dev). Webhook URLs may use http:// and hookd delivers to\n"
         "loopback receivers (127.0.0.0/8, ::1), so it listens on loopback only. Never use\n"
         f"--dev on a server that others can reach. API: {base_url(settings)}\n"
-        f"{line}",
-        err=True,
+        f"{line}"
     )
+    sys.stdout.flush()
 
 
 def _tune_gc() -> None:
@@ -150,11 +150,13 @@ def run_server(
     async def on_startup(app: FastAPI) -> None:
         nonlocal engine
         await store.start()
+        # On stdout with the key banner: stderr holds the logs, JSON lines with
+        # HOOKD_LOG_FORMAT=json.
         click.echo(
             f"hookd: API at {base_url(settings)} (docs at {base_url(settings)}/docs), "
-            f"database {database_location(settings)}",
-            err=True,
+            f"database {database_location(settings)}"
         )
+        sys.stdout.flush()
         if bootstrap:
             key = await store.bootstrap(settings.webhook_limit, DEFAULT_API_VERSION)
             if key is not None:
@@ -205,7 +207,7 @@ async def _worker_only(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
-    log.info("worker started", worker=engine.worker_id)
+    log.info("worker started", worker=engine.worker_id, database=database_location(settings))
     await stop.wait()
     log.info("worker stopping")
     with contextlib.suppress(Exception):

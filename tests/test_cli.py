@@ -445,8 +445,8 @@ def test_serve_prints_one_key_on_first_start_only(
         # The banner gives the server's real URL and database, not placeholders.
         assert f"HOOKD={first.base_url}" in first.stdout(), first.stdout()
         assert "HOST:PORT" not in first.stdout()
-        assert f"API at {first.base_url}" in first.stderr(), first.stderr()
-        assert f"database {location(url)}" in first.stderr(), first.stderr()
+        assert f"API at {first.base_url}" in first.stdout(), first.stdout()
+        assert f"database {location(url)}" in first.stdout(), first.stdout()
         response = httpx.get(first.url("/v2/webhooks"), headers=auth(key))
         assert response.status_code == 200, response.text
         assert response.json() == {"object": "list", "data": [], "nextCursor": None}
@@ -610,7 +610,7 @@ async def test_serve_dev_delivers_to_a_local_http_receiver(
     url = f"sqlite:///{tmp_path / 'hookd.db'}"
     with HookdProcesses(tmp_path / "logs") as procs:
         server = procs.start("serve", database_url=url, args=["--dev"])
-        assert "DEVELOPMENT MODE (--dev)" in server.stderr(), server.describe()
+        assert "DEVELOPMENT MODE (--dev)" in server.stdout(), server.describe()
         key = server.api_key()
         async with httpx.AsyncClient(base_url=server.base_url, headers=auth(key)) as client:
             created = await client.post(
@@ -631,7 +631,7 @@ def test_serve_without_dev_names_the_setting_for_http(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hookd.db'}"
     with HookdProcesses(tmp_path / "logs") as procs:
         server = procs.start("serve", database_url=url)
-        assert "DEVELOPMENT MODE" not in server.stderr()
+        assert "DEVELOPMENT MODE" not in server.stdout()
         response = httpx.post(
             server.url("/v2/webhooks"),
             headers=auth(server.api_key()),

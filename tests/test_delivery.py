@@ -213,6 +213,15 @@ async def test_conversation_fields_are_copied_to_the_envelope(
         ),
         (
             {"topic": "conversation.read", "conversationUrl": "http://x.com", "data": {"item": {}}},
+            "url_scheme_invalid",
+            "conversationUrl",
+        ),
+        (
+            {
+                "topic": "conversation.read",
+                "conversationUrl": "https://a@x.com",
+                "data": {"item": {}},
+            },
             "url_invalid",
             "conversationUrl",
         ),

@@ -40,7 +40,10 @@ Pass :func:`operation` to the route decorator::
   ``Annotated[..., WithJsonSchema(ref("Name"))]``. ``Featurebase-Version`` is added here.
 - Request and response models are pydantic models (see :mod:`hookd.api.schemas` for how an
   optional field avoids a ``null`` it does not take); they become components by class name.
-- Public endpoints (no API key) pass ``secured=False``: they get ``security: []``.
+- Public endpoints (no API key) pass ``secured=False``: they get ``security: []``. One that
+  takes another credential passes ``security=[{"scheme": []}]`` (``{}`` in the list when the
+  credential is optional) with the scheme added to :data:`SECURITY_SCHEMES`, and its own
+  ``errors`` (e.g. ``401``).
 - HTML pages (the dashboard) are not API operations: declare them with
   ``include_in_schema=False`` and they are neither documented nor required to be.
 """
@@ -70,6 +73,7 @@ from hookd.ids import is_object_id
 
 __all__ = [
     "RESPONSE_HEADERS",
+    "SECURITY_SCHEMES",
     "Operation",
     "build_openapi",
     "operation",
@@ -124,6 +128,15 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
     },
 }
 _RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+#: Every way of authenticating a request, by name.
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key of the organization, sk_... (hookd keys create).",
+    }
+}
 
 # A signature header of the delivery request (SPEC §5), for the top-level ``webhooks``.
 _DELIVERY_HEADERS: list[tuple[str, str, dict[str, Any]]] = [
@@ -180,6 +193,7 @@ class Operation:
     links: dict[str, dict[str, str]] = field(default_factory=dict)
     secured: bool = True
     description: str | None = None
+    security: tuple[dict[str, list[str]], ...] | None = None
 
 
 _OPERATIONS: dict[str, Operation] = {}
@@ -198,6 +212,7 @@ def operation(
     secured: bool = True,
     media_type: str = "application/json",
     description: str | None = None,
+    security: list[dict[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
     """Declare an endpoint's contract; the result is keyword arguments for the route
     decorator (see the module docstring)."""
@@ -216,10 +231,12 @@ def operation(
         dict(links or {}),
         secured,
         description,
+        None if security is None else tuple(security),
     )
     unknown = [h for h in declared.headers if h not in RESPONSE_HEADERS]
+    unknown += [name for req in security or () for name in req if name not in SECURITY_SCHEMES]
     if unknown:
-        raise ValueError(f"{operation_id}: add {unknown} to RESPONSE_HEADERS first")
+        raise ValueError(f"{operation_id}: add {unknown} to RESPONSE_HEADERS/SECURITY_SCHEMES")
     if _OPERATIONS.get(operation_id, declared) != declared:
         raise ValueError(f"operationId {operation_id!r} is declared twice")
     _OPERATIONS[operation_id] = declared
@@ -441,7 +458,10 @@ def build_openapi(
             if op.ok_model is not None:
                 responses.add(op.ok_model)
             built["responses"] = _responses(op, method, path)
-            built["security"] = [{"bearer": []}] if op.secured else []
+            if op.security is not None:
+                built["security"] = list(op.security)
+            else:
+                built["security"] = [{"bearer": []}] if op.secured else []
             item[method] = built
     schemas = _model_schemas(requests, responses)
     document["components"] = {
@@ -451,13 +471,7 @@ def build_openapi(
             **dict(sorted(schemas.items())),
         },
         "headers": RESPONSE_HEADERS,
-        "securitySchemes": {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "An API key of the organization, sk_... (hookd keys create).",
-            }
-        },
+        "securitySchemes": SECURITY_SCHEMES,
     }
     document["paths"] = resolve_components(document["paths"])
     document["components"]["schemas"] = resolve_components(document["components"]["schemas"])
