@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import signal
 import sys
@@ -153,6 +152,8 @@ async def _worker_only(settings: Settings) -> None:
     log.info("worker started", worker=engine.worker_id)
     await stop.wait()
     log.info("worker stopping")
-    with contextlib.suppress(Exception):
+    try:
         await engine.stop()
+    except Exception:
+        log.exception("the worker did not stop cleanly")
     await store.close()
