@@ -21,7 +21,7 @@ at the kills, the attempts in flight then). Results: ``bench/results/crash_recov
 
 Command line::
 
-    python bench/crash_recovery.py --db sqlite            # 50,000 deliveries, ~2 min
+    python bench/crash_recovery.py --db sqlite            # 50,000 deliveries, ~2.5 min
     python bench/crash_recovery.py --db postgres
     python bench/crash_recovery.py --db sqlite --smoke    # 3,000 deliveries, one kill, checked
 

@@ -948,12 +948,30 @@ def start_backlog(
     return api, {(e, h["id"]) for e in published for h in hooks}
 
 
-def check_duplicates(received: collections.Counter[Pair], in_flight: set[Pair]) -> int:
-    """Only the deliveries leased to a killed worker may arrive twice; their number."""
+def check_received(
+    received: collections.Counter[Pair], expected: set[Pair], in_flight: set[Pair]
+) -> int:
+    """Every delivery arrived, and only those leased to a killed worker may have arrived
+    twice; how many did."""
+    assert set(received) == expected, "every published delivery, and nothing else"
     duplicates = {pair for pair, n in received.items() if n > 1}
     assert duplicates <= in_flight, f"sent twice but not in flight: {duplicates - in_flight}"
     assert max(received.values()) <= 2
     return len(duplicates)
+
+
+def finish_drain(
+    database_url: str, receiver: ThreadedReceiver, expected: set[Pair], *running: HookdProcess
+) -> collections.Counter[Pair]:
+    """Wait until every expected delivery arrived and is recorded as succeeded, and a moment
+    more for any second copy; stop ``running``; what arrived, and how often."""
+    wait_until(lambda: expected <= set(receiver.pairs()), 60, "every delivery arrived")
+    wait_all_succeeded(database_url, 15, "every delivery recorded")
+    time.sleep(0.5)
+    received = receiver.pairs()
+    for process in running:
+        stop(process)
+    return received
 
 
 def test_a_restarted_process_takes_back_its_killed_predecessors_leases_at_start(
@@ -973,18 +991,12 @@ def test_a_restarted_process_takes_back_its_killed_predecessors_leases_at_start(
         # Ready means started: the predecessor's leases (10 minutes long) are back already.
         assert leases_of(database_url, dead) == set(), "the killed process's leases are back"
         assert dead not in worker_ids(database_url)
-        wait_until(lambda: expected <= set(receiver.pairs()), 60, "every delivery arrived")
-        wait_all_succeeded(database_url, 15, "every delivery recorded")
-        time.sleep(0.5)
-        received = receiver.pairs()
-        stop(restarted)
-        stop(api)
-    duplicates = check_duplicates(received, held)
+        received = finish_drain(database_url, receiver, expected, restarted, api)
     report(
         f"restart {database_url.split(':')[0]}: {command} killed holding {len(held)} leases, "
-        f"all back when its successor was ready; duplicates {duplicates}"
+        f"all back when its successor was ready; duplicates "
+        f"{check_received(received, expected, held)}"
     )
-    assert set(received) == expected
 
 
 def start_two_deliverers(
@@ -1029,19 +1041,13 @@ def test_a_surviving_worker_takes_over_a_killed_ones_leases_without_a_restart(
             lambda: not leases_of(database_url, victim_id), 15, "the victim's leases returned"
         )
         assert victim_id not in worker_ids(database_url)
-        wait_until(lambda: expected <= set(receiver.pairs()), 60, "all delivered by the survivor")
-        wait_all_succeeded(database_url, 15, "all recorded")
-        time.sleep(0.5)
-        received = receiver.pairs()
-        stop(survivor)
-        stop(api)
+        received = finish_drain(database_url, receiver, expected, survivor, api)
     assert "dead workers removed" in survivor.stderr() and victim_id in survivor.stderr()
-    duplicates = check_duplicates(received, held)
     report(
         f"takeover {database_url.split(':')[0]}: victim killed at {arrived_at_kill}/"
-        f"{len(expected)} delivered holding {len(held)} leases; duplicates {duplicates}"
+        f"{len(expected)} delivered holding {len(held)} leases; duplicates "
+        f"{check_received(received, expected, held)}"
     )
-    assert set(received) == expected
 
 
 def test_a_rolling_restart_returns_every_lease_and_sends_nothing_twice(
@@ -1065,12 +1071,7 @@ def test_a_rolling_restart_returns_every_lease_and_sends_nothing_twice(
                 going.command, database_url=database_url, env=RECOVERY_ENV
             )
             ids[n] = id_of(deliverers[n], database_url)
-        wait_until(lambda: expected <= set(receiver.pairs()), 60, "every delivery arrived")
-        wait_all_succeeded(database_url, 15, "every delivery recorded")
-        time.sleep(0.5)
-        received = receiver.pairs()
-        for process in [*deliverers, api]:
-            stop(process)
+        received = finish_drain(database_url, receiver, expected, *deliverers, api)
     report(
         f"rolling restart {database_url.split(':')[0]}: stopped at {stopped_at} of "
         f"{len(expected)} delivered; duplicates {sum(received.values()) - len(received)}"

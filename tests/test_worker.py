@@ -65,9 +65,17 @@ async def pretend_worker(api: Api, worker_id: str, shares: tuple[int, int] = (10
     await api.store.beat(worker_id, 60_000, lambda _peers: me, lambda _id: False)
 
 
-async def claim_as(api: Api, worker_id: str) -> int:
+async def leased_to_another_worker(
+    api: Api, receiver: Receiver, worker_id: str, events: int, shares: tuple[int, int]
+) -> None:
+    """``events`` deliveries to one webhook, claimed (for 10 minutes) by another worker
+    that has just recorded a heartbeat with ``shares`` of the caps."""
+    await webhook(api, receiver)
+    for _ in range(events):
+        await api.publish()
+    await pretend_worker(api, worker_id, shares)
     request = ClaimRequest(api.store.clock(), 50, 10, 600_000, f"{worker_id}-1", worker=worker_id)
-    return len(await api.store.claim(request))
+    assert len(await api.store.claim(request)) == events
 
 
 async def leases_of(api: Api, worker_id: str) -> int:
@@ -86,12 +94,8 @@ async def registered(api: Api, worker_id: str) -> bool:
 async def test_a_worker_takes_back_its_dead_predecessors_leases_at_start(
     api: Api, receiver: Receiver
 ) -> None:
-    await webhook(api, receiver)
-    for _ in range(3):
-        await api.publish()
     dead = new_worker_id(_gone_pid())  # killed with SIGKILL: its heartbeat still looks recent
-    await pretend_worker(api, dead)
-    assert await claim_as(api, dead) == 3
+    await leased_to_another_worker(api, receiver, dead, 3, (10, 100))
     async with worker_for(api, **LONG_LEASE) as worker:
         assert await leases_of(api, dead) == 0, (
             "the dead predecessor's leases are returned at start, not when they expire"
@@ -107,12 +111,8 @@ async def test_a_worker_takes_back_its_dead_predecessors_leases_at_start(
 async def test_a_worker_elsewhere_is_dead_only_once_its_heartbeat_lapsed(
     api: Api, receiver: Receiver
 ) -> None:
-    await webhook(api, receiver)
-    for _ in range(2):
-        await api.publish()
     other = "another-host/1/00000000aabbccddeeff"
-    await pretend_worker(api, other, (5, 50))
-    assert await claim_as(api, other) == 2
+    await leased_to_another_worker(api, receiver, other, 2, (5, 50))
     async with worker_for(api, worker_timeout=2.0, **LONG_LEASE) as worker:
         # While the other worker heartbeats (here for twice the timeout), its attempts
         # could still be running: nothing is sent again, and its shares are respected.

@@ -161,6 +161,7 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._keeper: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
         # This worker's row as last written: its shares are what it claims with.
         self.me = Peer(self.worker_id, 0, 0, False)
         # Below its fair share (waiting for the others to shrink theirs): beat more often.
@@ -228,6 +229,11 @@ class Worker:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._keeper
+        if self._beating is not None:
+            # Let a heartbeat under way end first: written after the retirement, it would
+            # register this worker again.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._beating
         with contextlib.suppress(Exception):
             await self.store.retire(self.worker_id)
         await self.sender.close()
@@ -431,19 +437,14 @@ class Worker:
         self._wake.set()
 
     async def _keep_alive(self) -> None:
-        beating: asyncio.Task[None] | None = None
-        try:
-            while True:
-                interval = self.config.heartbeat_interval
-                await asyncio.sleep(interval / 5 if self._wanting else interval)
-                if beating is None or beating.done():
-                    beating = asyncio.create_task(self._beat_once())
-                in_touch_for = time.monotonic() - self._in_touch_at
-                if not self._out_of_touch and in_touch_for >= self.config.out_of_touch_after:
-                    self._lose_touch()
-        finally:
-            if beating is not None:
-                beating.cancel()
+        while True:
+            interval = self.config.heartbeat_interval
+            await asyncio.sleep(interval / 5 if self._wanting else interval)
+            if self._beating is None or self._beating.done():
+                self._beating = asyncio.create_task(self._beat_once())
+            in_touch_for = time.monotonic() - self._in_touch_at
+            if not self._out_of_touch and in_touch_for >= self.config.out_of_touch_after:
+                self._lose_touch()
 
     async def _beat_once(self) -> None:
         try:
