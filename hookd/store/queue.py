@@ -150,24 +150,34 @@ def allot(
         counts = org_under_way[r["organization_id"]]
         counts[0] += int(r["n"])
         counts[1] += int(r["m"])
-    by_org: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
-    chosen: dict[str, Mapping[str, Any]] = {}
+    by_org: dict[str, list[tuple[Mapping[str, Any], int, int]]] = defaultdict(list)
     for head in heads:
         everyone, mine = under_way.get(head["webhook_id"], (0, 0))
         free = min(req.per_webhook - everyone, req.my_leased - mine, req.capacity)
-        by_org[head["organization_id"]] += [
-            (everyone + k, head["head"], head["webhook_id"]) for k in range(1, free + 1)
-        ]
-        chosen[head["webhook_id"]] = head
-    slots: list[tuple[int, int, str]] = []
-    for org, units in by_org.items():
+        if free > 0:
+            by_org[head["organization_id"]].append((head, everyone, free))
+    rooms = {}
+    for org in by_org:
         everyone, mine = org_under_way.get(org, [0, 0])
-        room = min(req.org_max - everyone, req.org_mine - mine, req.capacity)
-        units.sort()
+        rooms[org] = min(req.org_max - everyone, req.org_mine - mine, req.capacity)
+    wanted = {org: sum(free for _h, _n, free in hooks) for org, hooks in by_org.items()}
+    if sum(wanted.values()) <= req.capacity and all(wanted[o] <= rooms[o] for o in by_org):
+        # Room for every free slot (the usual case): nothing to choose between.
+        return [(head, free) for hooks in by_org.values() for head, _n, free in hooks]
+    slots: list[tuple[int, int, str]] = []
+    chosen: dict[str, Mapping[str, Any]] = {}
+    for org, hooks in by_org.items():
+        units = sorted(
+            (everyone + k, head["head"], head["webhook_id"])
+            for head, everyone, free in hooks
+            for k in range(1, free + 1)
+        )
+        base = org_under_way.get(org, [0, 0])[0]
         slots += [
-            (everyone + turn, due, webhook_id)
-            for turn, (_n, due, webhook_id) in enumerate(units[: max(0, room)], 1)
+            (base + turn, due, webhook_id)
+            for turn, (_n, due, webhook_id) in enumerate(units[: max(0, rooms[org])], 1)
         ]
+        chosen.update((head["webhook_id"], head) for head, _n, _free in hooks)
     slots.sort()
     takes = Counter(webhook_id for _n, _due, webhook_id in slots[: req.capacity])
     return [(chosen[webhook_id], n) for webhook_id, n in takes.items()]
@@ -177,7 +187,9 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
     # The same plan as PostgreSQL's single statement, step by step: SQLite has no LATERAL,
     # and its one writer makes the steps atomic.
     leased = yield rows("queue_leased", mine=req.mine)
-    heads = yield rows("queue_heads", now=req.now)
+    heads = [
+        h for h in (yield rows("queue_heads")) if h["head"] is not None and h["head"] <= req.now
+    ]
     ids: list[str] = []
     for head, take in allot(heads, leased, req):
         lease = {

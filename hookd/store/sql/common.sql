@@ -171,9 +171,9 @@ WHERE lease_until IS NOT NULL AND substr(lease_token, 1, length(:prefix)) = :pre
 
 -- name: queue_heads
 -- Each webhook with claimable deliveries, with its organization, its earliest due time and
--- that of its retries and test deliveries (the view is defined in migration 0003).
-SELECT webhook_id, organization_id, timeout_ms, active, head, urgent
-FROM queue_heads WHERE head <= :now;
+-- that of its retries and test deliveries (the view is defined in migration 0003). Not
+-- filtered here: a WHERE on head would compute it twice per webhook.
+SELECT webhook_id, organization_id, timeout_ms, active, head, urgent FROM queue_heads;
 
 -- name: queue_next_due
 -- When the next claimable delivery falls due.
