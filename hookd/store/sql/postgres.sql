@@ -46,22 +46,20 @@ WITH leased AS (
     SELECT w.organization_id, sum(l.n) AS n, sum(l.m) AS m
     FROM leased l JOIN webhooks w ON w.id = l.webhook_id GROUP BY w.organization_id
 ), slots AS (
-    SELECT h.webhook_id, h.organization_id, h.timeout_ms, h.active, h.urgent <= :now AS urgent,
-           h.head, row_number() OVER (PARTITION BY h.organization_id
-                                      ORDER BY coalesce(l.n, 0) + k.k, h.head, h.webhook_id)
-                    AS turn
+    SELECT h.webhook_id, h.organization_id, h.active, h.urgent <= :now AS urgent, h.head,
+           row_number() OVER (PARTITION BY h.organization_id
+                              ORDER BY coalesce(l.n, 0) + k.k, h.head, h.webhook_id) AS turn
     FROM queue_heads h
     LEFT JOIN leased l ON l.webhook_id = h.webhook_id
     CROSS JOIN LATERAL generate_series(1, LEAST(:max_leased - coalesce(l.n, 0),
                                                 :my_leased - coalesce(l.m, 0), :capacity)) AS k(k)
     WHERE h.head <= :now
 ), granted AS (
-    SELECT s.webhook_id, s.timeout_ms, s.active, coalesce(s.urgent, false) AS urgent,
-           count(*) AS take
+    SELECT s.webhook_id, s.active, coalesce(s.urgent, false) AS urgent, count(*) AS take
     FROM (SELECT s.* FROM slots s LEFT JOIN org_leased o ON o.organization_id = s.organization_id
           WHERE s.turn <= LEAST(:org_max - coalesce(o.n, 0), :org_mine - coalesce(o.m, 0))
           ORDER BY coalesce(o.n, 0) + s.turn, s.head LIMIT :capacity) s
-    GROUP BY s.webhook_id, s.timeout_ms, s.active, s.urgent
+    GROUP BY s.webhook_id, s.active, s.urgent
 ), picked AS (
     SELECT d.id
     FROM granted g
