@@ -23,7 +23,7 @@ Command line::
 
     python bench/crash_recovery.py --db sqlite            # 50,000 deliveries, ~2.5 min
     python bench/crash_recovery.py --db postgres
-    python bench/crash_recovery.py --db sqlite --smoke    # 3,000 deliveries, one kill, checked
+    python bench/crash_recovery.py --db sqlite --smoke    # 5,000 deliveries, one kill, checked
 
 Exits 1 if a delivery was lost, duplicates exceed the bound, or a process or publish failed.
 """
@@ -154,7 +154,7 @@ def lost_and_duplicates(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="hookd: delivery rate around kill -9 + restart")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--deliveries", type=int, help="default 50,000 (3,000 with --smoke)")
+    parser.add_argument("--deliveries", type=int, help="default 50,000 (5,000 with --smoke)")
     parser.add_argument("--webhooks", type=int, default=10)
     parser.add_argument("--delay-ms", type=float, default=200.0, help="the receiver's answer delay")
     parser.add_argument("--kills", type=int, help="default 3 (1 with --smoke)")
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     windows = SMOKE if args.smoke else FULL
-    deliveries = args.deliveries or (3000 if args.smoke else 50_000)
+    deliveries = args.deliveries or (5000 if args.smoke else 50_000)
     kills = max(1, min(args.kills or (1 if args.smoke else 3), len(KILLED[args.db])))
     first_kill = args.first_kill or (windows.before if args.smoke else 12.0)
     events = max(1, deliveries // args.webhooks)
