@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -72,10 +73,10 @@ __all__ = [
 
 Mode = Literal["serve", "split"]
 SERVER_START_TIMEOUT = 60.0
-# In split mode a worker that starts next to a live one takes no share of the per-webhook
-# cap until its first heartbeat interval has passed (hookd/delivery/worker.py, start()):
-# min(5, HOOKD_LEASE_MARGIN) x 1.2 s. Measurements wait that long after the workers start.
-SPLIT_SETTLE_SECONDS = 7.0
+# In split mode a worker that starts next to a live one takes its fair share of the caps once
+# the other has shrunk its share, at its next heartbeat (hookd/delivery/worker.py: every
+# HOOKD_WORKER_TIMEOUT / 10 = 1 s). Measurements wait a little longer after the workers start.
+SPLIT_SETTLE_SECONDS = 2.5
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -250,6 +251,21 @@ class Deployment:
     def _bootstrap_key(self, child: _Child, timeout: float = 10.0) -> str:
         return read_printed_key(child.stdout, timeout)
 
+    def kill(self, role: str) -> None:
+        """``kill -9`` the process of ``role`` (by its pid) and reap it."""
+        child = next(c for c in self.children if c.role == role)
+        child.proc.kill()
+        child.proc.wait(timeout=30)
+        self.children.remove(child)
+
+    def restart(self, role: str) -> None:
+        """Start ``role`` again after :meth:`kill`: ``serve`` and ``api`` (on a new port)
+        once they listen, a worker at once."""
+        if role in ("serve", "api"):
+            self._start_server(role)
+        else:
+            self._spawn(role, "worker")
+
     def stop(self) -> None:
         """Stop every hookd process of this deployment (by pid); the database stays."""
         # Workers first, so that they give their leases back while the API still runs.
@@ -301,6 +317,30 @@ class Deployment:
     def rss_kib(self) -> dict[str, int]:
         """VmRSS (current RSS) of each process, by role."""
         return {c.role: proc_status_kib(c.proc.pid, "VmRSS") for c in self.children}
+
+    def sql_rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` on the deployment's database (read behind hookd's back)."""
+        if self.db_kind == "sqlite":
+            conn = sqlite3.connect(self.db.url[len("sqlite:///") :], timeout=30)
+            try:
+                return [tuple(r) for r in conn.execute(sql).fetchall()]
+            finally:
+                conn.close()
+        import asyncpg
+
+        async def go() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(self.db.url, timeout=10)
+            try:
+                return [tuple(r) for r in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    def sql_value(self, sql: str) -> Any:
+        """The first column of the first row of ``sql``, or None."""
+        rows = self.sql_rows(sql)
+        return rows[0][0] if rows else None
 
     # ------------------------------------------------------------------ API and CLI
 

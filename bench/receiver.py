@@ -411,7 +411,9 @@ class Receiver:
         python kind: ``requests``, ``responses``, ``bytes``, ``by_method``,
         ``connections``, ``open_connections``, ``status``, ``delay_ms``, ``first_at``,
         ``last_at`` (monotonic seconds of the receiver) and, with *ids*, the lists
-        ``webhook_ids`` and ``body_ids`` in arrival order (retries appear more than once).
+        ``webhook_ids`` and ``body_ids`` in arrival order (retries appear more than once),
+        and ``targets``: ``"<path> <webhook-id>"`` of each request that had the header (one
+        per delivery when each webhook has a path of its own).
         nginx kind: ``requests`` only.
         """
         if self.kind == "nginx":
@@ -550,6 +552,7 @@ class _State:
         self.bytes = 0
         self.by_method: collections.Counter[str] = collections.Counter()
         self.webhook_ids: list[str] = []
+        self.targets: list[str] = []
         self.body_ids: list[Any] = []
         self.first_at: float | None = None
         self.last_at: float | None = None
@@ -574,6 +577,7 @@ class _State:
         }
         if ids:
             data["webhook_ids"] = self.webhook_ids
+            data["targets"] = self.targets
             data["body_ids"] = self.body_ids
         return data
 
@@ -676,6 +680,9 @@ class _HttpProtocol(asyncio.Protocol):
         if state.record_ids:
             if self.webhook_id is not None:
                 state.webhook_ids.append(self.webhook_id.decode("latin-1"))
+                state.targets.append(
+                    self.url.decode("latin-1") + " " + self.webhook_id.decode("latin-1")
+                )
             if self.body:
                 body_id = _body_id(b"".join(self.body))
                 if body_id is not None:

@@ -68,6 +68,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("latency-postgres", "latency.py", ("--db", "postgres")),
     Bench("backlog", "backlog.py", ("--mode", "serve"), full_timeout=3600.0),
     Bench("failure-sqlite", "failure.py", ("--db", "sqlite")),
+    Bench("crash-recovery-sqlite", "crash_recovery.py", ("--db", "sqlite"), full_timeout=900.0),
+    Bench("crash-recovery-postgres", "crash_recovery.py", ("--db", "postgres"), full_timeout=900.0),
     Bench("listing", "listing.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
     Bench("helper-thread", "helper_thread.py"),
@@ -237,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.list:
+        width = max(len(b.name) for b in BENCHMARKS)
         for b in BENCHMARKS:
-            print(f"{b.name:<22} bench/{b.script} {' '.join(b.args + b.full_args)}")
+            print(f"{b.name:<{width}} bench/{b.script} {' '.join(b.args + b.full_args)}")
         return 0
     names = {b.name for b in BENCHMARKS}
     only = set(args.only.split(",")) if args.only else names

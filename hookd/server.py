@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import ipaddress
 import signal
@@ -49,9 +48,11 @@ def build_worker(settings: Settings, store: Store, clock: Clock = system_clock) 
         retry_schedule=settings.retry_schedule,
         suspend_after=settings.suspend_after,
         max_in_flight_per_webhook=settings.max_in_flight_per_webhook,
+        max_in_flight_per_org=settings.max_in_flight_per_org,
         concurrency=settings.worker_concurrency,
         poll_interval=settings.poll_interval,
         lease_margin_ms=round(settings.lease_margin * 1000),
+        worker_timeout=settings.worker_timeout,
         retention_days=settings.retention_days,
         # Expired leases are looked for at least as often as a lease's margin.
         maintenance_interval=min(5.0, settings.lease_margin),
@@ -210,6 +211,8 @@ async def _worker_only(settings: Settings) -> None:
     log.info("worker started", worker=engine.worker_id, database=database_location(settings))
     await stop.wait()
     log.info("worker stopping")
-    with contextlib.suppress(Exception):
+    try:
         await engine.stop()
+    except Exception:
+        log.exception("the worker did not stop cleanly")
     await store.close()

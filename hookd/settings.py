@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     suspend_after: int = Field(10, ge=1, le=1_000_000)
     webhook_limit: int = Field(10, ge=0, le=1_000_000)
     max_in_flight_per_webhook: int = Field(10, ge=1, le=10_000)
+    max_in_flight_per_org: int = Field(100, ge=1, le=1_000_000)
     allow_http: bool = False
     allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
     retention_days: int = Field(30, ge=1, le=36_500)
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(256, ge=1, le=100_000)
     poll_interval: float = Field(1.0, gt=0, le=3600)
     lease_margin: float = Field(30.0, ge=0.1, le=86_400)
+    worker_timeout: float = Field(10.0, ge=1.0, le=3600)
     db_pool_size: int = Field(10, ge=1, le=1000)
     sqlite_synchronous: Literal["normal", "full"] = "normal"
 

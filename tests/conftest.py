@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -227,6 +228,25 @@ async def delivering(api: Api, settings: Settings) -> AsyncIterator[Api]:
         yield api
     finally:
         await worker.stop(grace=2.0)
+
+
+async def run_sql(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    """Run a statement on the store's database behind hookd's back (to set up or inspect
+    rows); its rows, if any."""
+    driver: Any = store.driver
+    if store.dialect == "sqlite":
+        conn = sqlite3.connect(driver.path)
+        try:
+            found = [tuple(r) for r in conn.execute(sql).fetchall()]
+            conn.commit()
+            return found
+        finally:
+            conn.close()
+    pg = await asyncpg.connect(driver.dsn)
+    try:
+        return [tuple(r) for r in await pg.fetch(sql)]
+    finally:
+        await pg.close()
 
 
 async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:

@@ -48,6 +48,7 @@ class Receiver:
         self.default = Behaviour()
         self.active = 0
         self.max_active: dict[str, int] = {}
+        self.max_active_total = 0  # requests open at once, all paths together
         self._active_by_path: dict[str, int] = {}
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -65,7 +66,11 @@ class Receiver:
     async def __aenter__(self) -> Receiver:
         app = web.Application(client_max_size=1024**2)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A request whose client went away stops at once, as on a real server, so that
+        # ``max_active`` counts only requests that a sender still waits on.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -83,6 +88,8 @@ class Receiver:
         behaviour = self.behaviours.get(path, self.default)
         self._active_by_path[path] = self._active_by_path.get(path, 0) + 1
         self.max_active[path] = max(self.max_active.get(path, 0), self._active_by_path[path])
+        self.active += 1
+        self.max_active_total = max(self.max_active_total, self.active)
         try:
             body = await request.read()
             self.requests.append(Received(path, dict(request.headers), body, time.monotonic()))
@@ -95,6 +102,7 @@ class Receiver:
             )
         finally:
             self._active_by_path[path] -= 1
+            self.active -= 1
 
     async def wait_for(
         self, count: int, path: str | None = None, timeout: float = 10.0

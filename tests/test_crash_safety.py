@@ -10,10 +10,15 @@ Guarantees, §6 retention, §7), on SQLite and PostgreSQL unless noted.
   attempts finish and are recorded, nothing is sent again after a restart; SIGTERM in the
   middle of a drain leaves no lease behind and no delivery is sent twice.
 - PostgreSQL: ``hookd api`` + two ``hookd worker``: every delivery exactly once, both workers
-  work, the per-webhook in-flight cap holds across both; a killed worker's leases are taken
-  over by the surviving one.
+  work, the per-webhook in-flight cap holds across both.
 - A retention purge killed with ``kill -9`` inside a batch leaves a consistent database, and
   a restart finishes it.
+- Recovery (issue 21), with leases of 10 minutes, so that only a worker's death gives them
+  back: a process restarted after ``kill -9`` has its predecessor's leases back by the time
+  it is ready; a surviving worker of the same host (SQLite: ``serve`` next to ``worker``)
+  takes a killed one's leases over without any restart, long before its heartbeat lapses;
+  a rolling restart (SIGTERM, start again, one process after the other) leaves no lease
+  behind and sends nothing twice.
 
 The receiver runs an aiohttp server in a background thread (the test thread blocks on
 processes) and records for every request the pair (``webhook-id`` header = event id, body's
@@ -25,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import signal
 import sqlite3
@@ -713,60 +717,6 @@ def test_two_workers_and_an_api_deliver_each_once_within_the_global_cap(
     assert max(max_active.values()) == cap, "the cap was never reached: the test proves nothing"
 
 
-def worker_id(process: HookdProcess) -> str:
-    for line in process.stderr().splitlines():
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if record.get("event") == "worker started":
-                return str(record["worker"])
-    raise AssertionError("no 'worker started' line\n" + process.describe())
-
-
-@pytest.mark.parametrize("engine", ["postgres"])
-def test_the_surviving_worker_takes_over_a_killed_workers_leases(
-    processes: HookdProcesses, database_url: str
-) -> None:
-    """SPEC §5: a delivery whose worker died is retried after a lease, here by the other
-    worker, without any restart."""
-    env = {"HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK": "4", "HOOKD_WORKER_CONCURRENCY": "8"}
-    key = bootstrap_key(database_url)
-    with ThreadedReceiver(delay=0.02) as receiver:
-        api = processes.start("api", database_url=database_url, env=env)
-        hooks = create_webhooks(
-            api.base_url, key, [receiver.url(f"/h{i}") for i in range(WEBHOOKS)]
-        )
-        events = publish(api.base_url, key, 300)
-        expected = {(e, h["id"]) for e in events for h in hooks}
-        victim, survivor = (
-            processes.start("worker", database_url=database_url, env=env) for _ in range(2)
-        )
-        wait_until(lambda: len(receiver.pairs()) >= len(expected) * 0.4, 30, "40 % delivered")
-        assert victim.kill() == -9
-        victim_leases = {
-            (str(e), str(w))
-            for e, w in sql(
-                database_url,
-                "SELECT event_id, webhook_id FROM deliveries"
-                f" WHERE lease_token LIKE '{worker_id(victim)}-%'",
-            )
-        }
-        arrived_at_kill = len(receiver.pairs())
-        wait_until(lambda: expected <= set(receiver.pairs()), 45, "all delivered by the survivor")
-        wait_all_succeeded(database_url, 10, "all recorded")
-        time.sleep(0.5)
-        received = receiver.pairs()
-        stop(survivor)
-        stop(api)
-    duplicates = {pair: n - 1 for pair, n in received.items() if n > 1}
-    report(
-        f"worker-takeover: victim killed at {arrived_at_kill}/{len(expected)} delivered holding "
-        f"{len(victim_leases)} leases; duplicates {sum(duplicates.values())}"
-    )
-    assert set(received) == expected
-    assert 0 < len(victim_leases) <= 8, "the killed worker held at most its concurrency"
-    assert set(duplicates) <= victim_leases, "only the killed worker's deliveries came twice"
-
-
 # 4. A retention purge interrupted by kill -9.
 
 DAY_MS = 86_400_000
@@ -953,3 +903,179 @@ def test_retention_purge_killed_midway_leaves_a_consistent_database(
         database_url, "SELECT (SELECT count(*) FROM webhooks), (SELECT count(*) FROM organizations)"
     )
     assert (hooks, orgs) == (1, 1)
+
+
+# 5. Recovery (issue 21): leases come back as soon as a worker's death is certain.
+
+# Leases that outlive the test, and heartbeats that lapse only after 20 s: what gives a dead
+# worker's leases back sooner is the process check of its own host, at the start of its
+# successor or at the next heartbeat (every 2 s) of a worker that survives it.
+RECOVERY_ENV = {
+    "HOOKD_LEASE_MARGIN": "600",
+    "HOOKD_WORKER_TIMEOUT": "20",
+    "HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK": "4",
+}
+DELIVERER = {"sqlite": "serve", "postgresql": "worker"}
+
+
+def worker_ids(database_url: str) -> list[str]:
+    """The workers registered (by their heartbeats), in id order."""
+    return [str(r[0]) for r in sql(database_url, "SELECT id FROM workers ORDER BY id")]
+
+
+def leases_of(database_url: str, worker: str) -> set[Pair]:
+    """The (event, webhook) pairs leased to ``worker``."""
+    return {
+        (str(e), str(w))
+        for e, w, token in sql(
+            database_url,
+            "SELECT event_id, webhook_id, lease_token FROM deliveries"
+            " WHERE lease_until IS NOT NULL",
+        )
+        if str(token).startswith(worker + "-")
+    }
+
+
+def start_backlog(
+    processes: HookdProcesses, database_url: str, receiver: ThreadedReceiver, events: int
+) -> tuple[HookdProcess, set[Pair]]:
+    """An organization (made with the CLI), 4 webhooks, ``events`` events published through a
+    running ``hookd api``, which delivers nothing; the api and the (event, webhook) pairs."""
+    key = bootstrap_key(database_url)
+    api = processes.start("api", database_url=database_url, env=RECOVERY_ENV)
+    hooks = create_webhooks(api.base_url, key, [receiver.url(f"/h{i}") for i in range(WEBHOOKS)])
+    published = publish(api.base_url, key, events)
+    return api, {(e, h["id"]) for e in published for h in hooks}
+
+
+def check_received(
+    received: collections.Counter[Pair], expected: set[Pair], in_flight: set[Pair]
+) -> int:
+    """Every delivery arrived, and only those leased to a killed worker may have arrived
+    twice; how many did."""
+    assert set(received) == expected, "every published delivery, and nothing else"
+    duplicates = {pair for pair, n in received.items() if n > 1}
+    assert duplicates <= in_flight, f"sent twice but not in flight: {duplicates - in_flight}"
+    assert max(received.values()) <= 2
+    return len(duplicates)
+
+
+def finish_drain(
+    database_url: str, receiver: ThreadedReceiver, expected: set[Pair], *running: HookdProcess
+) -> collections.Counter[Pair]:
+    """Wait until every expected delivery arrived and is recorded as succeeded, and a moment
+    more for any second copy; stop ``running``; what arrived, and how often."""
+    wait_until(lambda: expected <= set(receiver.pairs()), 60, "every delivery arrived")
+    wait_all_succeeded(database_url, 15, "every delivery recorded")
+    time.sleep(0.5)
+    received = receiver.pairs()
+    for process in running:
+        stop(process)
+    return received
+
+
+def test_a_restarted_process_takes_back_its_killed_predecessors_leases_at_start(
+    processes: HookdProcesses, database_url: str
+) -> None:
+    command = DELIVERER[database_url.split(":")[0]]
+    with ThreadedReceiver(delay=0.2) as receiver:
+        api, expected = start_backlog(processes, database_url, receiver, 50)
+        deliverer = processes.start(command, database_url=database_url, env=RECOVERY_ENV)
+        wait_until(lambda: len(receiver.pairs()) >= 40, 30, "40 delivered")
+        [dead] = worker_ids(database_url)
+        assert deliverer.kill() == -9
+        held = leases_of(database_url, dead)
+        assert len(held) == WEBHOOKS * 4, "every webhook's cap was in use at the kill"
+
+        restarted = processes.start(command, database_url=database_url, env=RECOVERY_ENV)
+        # Ready means started: the predecessor's leases (10 minutes long) are back already.
+        assert leases_of(database_url, dead) == set(), "the killed process's leases are back"
+        assert dead not in worker_ids(database_url)
+        received = finish_drain(database_url, receiver, expected, restarted, api)
+    report(
+        f"restart {database_url.split(':')[0]}: {command} killed holding {len(held)} leases, "
+        f"all back when its successor was ready; duplicates "
+        f"{check_received(received, expected, held)}"
+    )
+
+
+def start_two_deliverers(
+    processes: HookdProcesses, database_url: str
+) -> tuple[list[HookdProcess], list[str]]:
+    """Two processes that deliver (SQLite: ``serve`` and ``worker`` on one file; PostgreSQL:
+    two ``worker``), started together; and their worker ids, in the same order."""
+    first = DELIVERER[database_url.split(":")[0]]
+    both = [
+        processes.start(command, database_url=database_url, env=RECOVERY_ENV, wait=False)
+        for command in (first, "worker")
+    ]
+    for process in both:
+        process.wait_ready()
+    return both, [id_of(process, database_url) for process in both]
+
+
+def id_of(process: HookdProcess, database_url: str) -> str:
+    """The worker id of a running process (``host/pid/...``), from its heartbeat row."""
+    [found] = [w for w in worker_ids(database_url) if w.split("/")[1] == str(process.pid)]
+    return found
+
+
+def all_busy(database_url: str, ids: list[str]) -> bool:
+    """Whether every one of the workers ``ids`` holds a lease."""
+    return all(leases_of(database_url, w) for w in ids)
+
+
+def test_a_surviving_worker_takes_over_a_killed_ones_leases_without_a_restart(
+    processes: HookdProcesses, database_url: str
+) -> None:
+    with ThreadedReceiver(delay=0.2) as receiver:
+        api, expected = start_backlog(processes, database_url, receiver, 150)
+        (survivor, victim), (_, victim_id) = start_two_deliverers(processes, database_url)
+        wait_until(lambda: all_busy(database_url, worker_ids(database_url)), 30, "both busy")
+        assert victim.kill() == -9
+        held = leases_of(database_url, victim_id)
+        arrived_at_kill = len(receiver.pairs())
+        # Within 15 s, before its heartbeat (every 2 s) could have lapsed for the 20 s of
+        # HOOKD_WORKER_TIMEOUT: the survivor knew at once that its process was gone.
+        wait_until(
+            lambda: not leases_of(database_url, victim_id), 15, "the victim's leases returned"
+        )
+        assert victim_id not in worker_ids(database_url)
+        received = finish_drain(database_url, receiver, expected, survivor, api)
+    assert "dead workers removed" in survivor.stderr() and victim_id in survivor.stderr()
+    report(
+        f"takeover {database_url.split(':')[0]}: victim killed at {arrived_at_kill}/"
+        f"{len(expected)} delivered holding {len(held)} leases; duplicates "
+        f"{check_received(received, expected, held)}"
+    )
+
+
+def test_a_rolling_restart_returns_every_lease_and_sends_nothing_twice(
+    processes: HookdProcesses, database_url: str
+) -> None:
+    """SIGTERM each delivering process in turn and start it again, in the middle of a drain:
+    each returns its leases as it stops, and no delivery is sent twice."""
+    with ThreadedReceiver(delay=0.3) as receiver:
+        api, expected = start_backlog(processes, database_url, receiver, 200)
+        deliverers, ids = start_two_deliverers(processes, database_url)
+        stopped_at = []
+        for n in range(2):
+            wait_until(lambda: all_busy(database_url, worker_ids(database_url)), 30, "both busy")
+            going, gone_id = deliverers[n], ids[n]
+            going.signal(signal.SIGTERM)
+            assert going.wait(20) == 0, going.describe()
+            stopped_at.append(len(receiver.pairs()))
+            assert leases_of(database_url, gone_id) == set(), "a stopped process holds no lease"
+            assert gone_id not in worker_ids(database_url)
+            deliverers[n] = processes.start(
+                going.command, database_url=database_url, env=RECOVERY_ENV
+            )
+            ids[n] = id_of(deliverers[n], database_url)
+        received = finish_drain(database_url, receiver, expected, *deliverers, api)
+    report(
+        f"rolling restart {database_url.split(':')[0]}: stopped at {stopped_at} of "
+        f"{len(expected)} delivered; duplicates {sum(received.values()) - len(received)}"
+    )
+    assert stopped_at[-1] < len(expected), "the restarts came after the drain"
+    assert set(received) == expected
+    assert max(received.values()) == 1, "a graceful stop sends nothing twice"

@@ -9,11 +9,7 @@ import base64
 import hashlib
 import hmac
 import itertools
-import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,11 +21,10 @@ import svix.webhooks
 
 from hookd import __version__
 from hookd.delivery.outcomes import retry_delay_ms
-from hookd.delivery.worker import Worker, ran_here_and_died
+from hookd.delivery.worker import Worker
 from hookd.server import build_worker
-from hookd.settings import Settings
 from hookd.store import ClaimRequest
-from tests.conftest import Api, eventually, make_settings
+from tests.conftest import Api, eventually, make_settings, run_sql
 from tests.receiver import Receiver
 
 
@@ -277,20 +272,7 @@ async def test_idempotency_key_returns_the_first_event(delivering: Api, receiver
 
 async def _sql(api: Api, sql: str) -> None:
     """Run a statement on the test's database, behind hookd's back (to age rows)."""
-    driver: Any = api.store.driver
-    if api.store.dialect == "sqlite":
-        import sqlite3
-
-        conn = sqlite3.connect(driver.path)
-        conn.execute(sql)
-        conn.commit()
-        conn.close()
-    else:
-        import asyncpg
-
-        conn = await asyncpg.connect(driver.dsn)
-        await conn.execute(sql)
-        await conn.close()
+    await run_sql(api.store, sql)
 
 
 # Retries and health.
@@ -547,6 +529,74 @@ async def test_a_failing_webhook_does_not_hold_up_a_healthy_one(
     )
 
 
+# Isolation (SPEC §5): caps and fairness, end to end.
+
+
+async def test_test_deliveries_are_held_to_the_in_flight_cap(api: Api, receiver: Receiver) -> None:
+    receiver.behave("/hook", delay=0.3)
+    hook = await webhook(api, receiver)
+    paused = await api.patch(f"/v2/webhooks/{hook['id']}", json={"status": "paused"})
+    assert paused.status_code == 200, paused.text
+    for _ in range(9):
+        assert (await api.post(f"/v2/webhooks/{hook['id']}/test")).status_code == 202
+    async with worker_for(api, max_in_flight_per_webhook=3):
+        await receiver.wait_for(9, timeout=15)
+    assert receiver.max_active["/hook"] == 3, (
+        f"test deliveries, like any other, at most 3 at once: {receiver.max_active}"
+    )
+
+
+async def test_an_organization_is_held_to_its_in_flight_cap(api: Api, receiver: Receiver) -> None:
+    for path in ("/a", "/b", "/c"):
+        receiver.behave(path, delay=0.3)
+        await webhook(api, receiver, path)
+    for _ in range(8):
+        await api.publish()
+    async with worker_for(api, max_in_flight_per_org=4):
+        await receiver.wait_for(24, timeout=15)
+    assert receiver.max_active_total == 4, (
+        f"at most 4 attempts at once for the organization's 3 webhooks: {receiver.max_active}"
+    )
+
+
+async def test_a_backlog_of_one_organization_holds_back_no_other(
+    api: Api, receiver: Receiver
+) -> None:
+    for path in ("/busy0", "/busy1"):
+        receiver.behave(path, delay=0.2)
+        await webhook(api, receiver, path)
+    for _ in range(40):
+        await api.publish()  # 80 deliveries, 4 at a time (the worker's concurrency)
+    other = await api.new_org_key("other")
+    await api.create_webhook(key=other, url=receiver.url("/other"))
+    async with worker_for(api, worker_concurrency=4):
+        await receiver.wait_for(4)
+        for _ in range(2):
+            await api.publish(key=other)
+        await receiver.wait_for(2, "/other", timeout=15)
+        busy_done = len(receiver.requests) - 2
+    assert busy_done < 40, (
+        f"the other organization's 2 deliveries waited for {busy_done} of the 80 in the backlog"
+    )
+
+
+async def test_a_due_retry_is_not_held_back_by_a_backlog(api: Api, receiver: Receiver) -> None:
+    receiver.behave("/hook", status=500, delay=0.3)
+    await webhook(api, receiver)
+    for _ in range(100):
+        await api.publish()
+    async with worker_for(api, max_in_flight_per_webhook=1, retry_schedule="0.3"):
+        [failed] = await receiver.wait_for(1)
+        receiver.behave("/hook", delay=0.02)  # from the next request on: 204, quickly
+        await receiver.wait_for(101, timeout=30)
+    ids = [r.header("webhook-id") for r in receiver.requests]
+    retry_at = ids.index(failed.header("webhook-id"), 1)
+    assert retry_at < 50, (
+        f"the retry, due 0.3 s after the failure, came after {retry_at - 1} of the 99 "
+        "deliveries of the backlog"
+    )
+
+
 async def test_an_expired_lease_is_delivered_again(api: Api, receiver: Receiver) -> None:
     await webhook(api, receiver, requestConfig={"timeoutMs": 1000})
     await api.publish()
@@ -636,56 +686,3 @@ async def test_an_unprintable_answer_cannot_jam_the_worker(
         current["lastStatus"]["message"].startswith("Bad")
         and "\x00" not in current["lastStatus"]["message"]
     )
-
-
-# A worker restarted after kill -9
-
-
-def _gone_pid() -> int:
-    """The pid of a process that ran on this host and has exited."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def test_worker_ids_tell_which_local_workers_no_longer_run() -> None:
-    host = socket.gethostname()[:64]
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as running:
-        try:
-            assert not ran_here_and_died(f"{host}/{running.pid}/abc")  # still runs
-        finally:
-            running.kill()
-    assert ran_here_and_died(f"{host}/{_gone_pid()}/abc")
-    assert not ran_here_and_died(f"{host}/{os.getpid()}/abc")  # this very process
-    assert not ran_here_and_died(f"another-host/{_gone_pid()}/abc")  # cannot know: alive
-    assert not ran_here_and_died("0123456789ab")  # an id of an older hookd
-    assert not ran_here_and_died(f"{host}/not-a-pid/abc")
-
-
-async def test_a_restarted_worker_does_not_wait_for_its_killed_predecessor(
-    api: Api, settings: Settings
-) -> None:
-    """After kill -9 the dead worker's heartbeat still looks recent; the new worker on the
-    same host drops it and takes the whole cap at once, instead of waiting a heartbeat
-    interval as it does when another live worker is there."""
-    dead = f"{socket.gethostname()[:64]}/{_gone_pid()}/0123456789ab"
-    await api.store.beat(dead, 0)
-    worker = build_worker(settings, api.store)
-    await worker.start()
-    try:
-        assert dead not in worker._live
-        assert not worker._joining
-        assert worker._share == settings.max_in_flight_per_webhook
-    finally:
-        await worker.stop(grace=2.0)
-
-    # A worker elsewhere (another host: its liveness cannot be checked here) still counts.
-    await api.store.beat("another-host/1/0123456789ab", 0)
-    await api.store.beat(f"{socket.gethostname()[:64]}/{_gone_pid()}/ba9876543210", 0)
-    worker = build_worker(settings, api.store)
-    await worker.start()
-    try:
-        assert worker._live == sorted(["another-host/1/0123456789ab", worker.worker_id])
-        assert worker._joining and worker._share == 0
-    finally:
-        await worker.stop(grace=2.0)

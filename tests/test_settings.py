@@ -47,6 +47,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "suspend_after": 10,
     "webhook_limit": 10,
     "max_in_flight_per_webhook": 10,
+    "max_in_flight_per_org": 100,
     "allow_http": False,
     "allowed_networks": (),
     "retention_days": 30,
@@ -66,6 +67,7 @@ def test_operational_defaults() -> None:
     assert settings.worker_concurrency == 256
     assert settings.poll_interval == 1.0
     assert settings.lease_margin == 30.0
+    assert settings.worker_timeout == 10.0
     assert settings.db_pool_size == 10
     assert settings.sqlite_synchronous == "normal"
     assert settings.is_sqlite
@@ -134,6 +136,10 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("HOOKD_WORKER_CONCURRENCY", "8", "worker_concurrency", 8),
     ("HOOKD_POLL_INTERVAL", "0.25", "poll_interval", 0.25),
     ("HOOKD_LEASE_MARGIN", "5", "lease_margin", 5.0),
+    ("HOOKD_MAX_IN_FLIGHT_PER_ORG", "1", "max_in_flight_per_org", 1),
+    ("HOOKD_MAX_IN_FLIGHT_PER_ORG", "5000", "max_in_flight_per_org", 5000),
+    ("HOOKD_WORKER_TIMEOUT", "2.5", "worker_timeout", 2.5),
+    ("HOOKD_WORKER_TIMEOUT", "60", "worker_timeout", 60.0),
     ("HOOKD_DB_POOL_SIZE", "3", "db_pool_size", 3),
     ("HOOKD_SQLITE_SYNCHRONOUS", "full", "sqlite_synchronous", "full"),
     ("HOOKD_SQLITE_SYNCHRONOUS", "NORMAL", "sqlite_synchronous", "normal"),
@@ -182,6 +188,10 @@ INVALID: list[tuple[str, str]] = [
     ("HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK", "0"),
     ("HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK", "-3"),
     ("HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK", "x"),
+    ("HOOKD_MAX_IN_FLIGHT_PER_ORG", "0"),
+    ("HOOKD_MAX_IN_FLIGHT_PER_ORG", "lots"),
+    ("HOOKD_WORKER_TIMEOUT", "0.5"),
+    ("HOOKD_WORKER_TIMEOUT", "soon"),
     ("HOOKD_ALLOW_HTTP", "perhaps"),
     ("HOOKD_ALLOW_HTTP", "2"),
     ("HOOKD_ALLOW_HTTP", ""),

@@ -7,24 +7,32 @@ sleeps until an attempt finishes, new work is signalled (PostgreSQL LISTEN/NOTIF
 in-process on SQLite), the next delivery falls due, or the poll interval passes (the
 safety net).
 
-The per-webhook cap ``HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK`` holds across workers: a claimed
-delivery is leased until its outcome is written, so attempts running never outnumber
-leases, and the claim counts every worker's leases. The live workers (known by their
-heartbeats) also split the cap between them, so that each gets a fair share of every
-webhook instead of the fastest taking it all; a worker that joins waits one heartbeat
-interval before claiming, so that the others have shrunk their shares first. Workers are
-named ``host/pid/random``, so a worker restarted after ``kill -9`` drops its dead
-predecessor on the same host instead of waiting for that heartbeat to go stale.
+Caps. ``HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK`` and ``HOOKD_MAX_IN_FLIGHT_PER_ORG`` hold across
+workers: a claimed delivery is leased until its outcome is written, so attempts running
+never outnumber leases, and a claim counts every worker's leases. Two claims at the same
+moment do not see each other, so each worker also claims within its *share* of each cap.
+Shares are published in the worker's heartbeat row and changed one worker at a time (a
+lock), each taking at most what the others' shares leave of a cap, so that they never add
+up to more than the cap. A worker that starts takes at once whatever is free (after a
+crash, all of its dead predecessor's share), and its fair share once the others have shrunk
+theirs at their next heartbeat.
 
-Beside it, a heartbeat task keeps the worker counted until it has stopped, and a
-maintenance task returns expired leases to the queue and purges rows older than the
-retention, in bounded batches.
+Liveness. Each worker records a heartbeat every ``HOOKD_WORKER_TIMEOUT`` / 10 seconds. A
+worker is dead when its process is gone (told at once for the processes of the same host:
+worker ids are ``host/pid/space+random``, the space naming the host's boot and pid
+namespace), or when its heartbeat is older than ``HOOKD_WORKER_TIMEOUT``; the first worker
+to notice returns the dead one's leases to the queue and removes it. A worker that has not
+got a heartbeat through for half the timeout stops its attempts under way and claims
+nothing until it is back in touch: by the time the others take it for dead, nothing of it
+is running. Beside the heartbeat, a maintenance task returns leases that outlived their
+timeout by the lease margin (a backstop) and purges rows older than the retention.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -38,9 +46,9 @@ from hookd.delivery.sender import AttemptResult, Sender
 from hookd.errors import DatabaseUnavailable
 from hookd.logs import get_logger
 from hookd.metrics import ATTEMPT_SECONDS, ATTEMPTS, IN_FLIGHT
-from hookd.store import ClaimedDelivery, ClaimRequest, Settlement, Store
+from hookd.store import ClaimedDelivery, ClaimRequest, Peer, Settlement, Store
 
-__all__ = ["Worker", "WorkerConfig"]
+__all__ = ["Worker", "WorkerConfig", "fair_share", "new_worker_id", "ran_here_and_died"]
 
 log = get_logger("hookd.delivery")
 _stdlog = logging.getLogger("hookd.delivery")
@@ -56,30 +64,55 @@ class WorkerConfig:
     retry_schedule: tuple[float, ...] = (60.0, 3600.0, 21600.0)
     suspend_after: int = 10
     max_in_flight_per_webhook: int = 10
+    max_in_flight_per_org: int = 100
     concurrency: int = 256
     poll_interval: float = 1.0
     lease_margin_ms: int = 30_000
+    worker_timeout: float = 10.0
     retention_days: int = 30
     maintenance_interval: float = 5.0
     purge_interval: float = 60.0
 
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.worker_timeout / 10
+
+    @property
+    def out_of_touch_after(self) -> float:
+        """Seconds without a heartbeat that got through after which a worker stops its
+        attempts: half the time after which the others take it for dead."""
+        return self.worker_timeout / 2
+
+
+def _pid_space() -> str:
+    """A name for this host's boot and pid namespace: a pid names the same process only
+    within both (containers on one host share the boot, not the pid namespace, and two
+    hosts may have the same name)."""
+    parts = []
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as boot:
+        parts.append(boot.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
 
 _HOST = socket.gethostname()[:64]
+_SPACE = _pid_space()
 
 
-def new_worker_id() -> str:
-    """``host/pid/random``: unique, and telling a restarted worker on the same host whether
-    a worker that still looks alive (a recent heartbeat) is a process that no longer runs."""
-    return f"{_HOST}/{os.getpid()}/{os.urandom(6).hex()}"
+def new_worker_id(pid: int | None = None) -> str:
+    """``host/pid/space+random``: unique, and telling a worker on the same host whether a
+    worker that still looks alive (a recent heartbeat) is a process that no longer runs."""
+    return f"{_HOST}/{os.getpid() if pid is None else pid}/{_SPACE}{os.urandom(6).hex()}"
 
 
 def ran_here_and_died(worker_id: str) -> bool:
-    """Whether ``worker_id`` was a worker process on this host that no longer runs (killed
-    with SIGKILL, so it could not retire). Unknown forms, other hosts and processes that
-    exist (or whose pid was reused) count as alive."""
+    """Whether ``worker_id`` was a worker process of this host (and pid namespace) that no
+    longer runs (killed with SIGKILL, so it could not retire). Unknown forms, other hosts
+    and processes that exist (or whose pid was reused) count as alive."""
     host, _, rest = worker_id.partition("/")
-    pid_text, _, _ = rest.partition("/")
-    if host != _HOST or not pid_text.isdigit():
+    pid_text, _, nonce = rest.partition("/")
+    if host != _HOST or not nonce.startswith(_SPACE) or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
@@ -91,6 +124,13 @@ def ran_here_and_died(worker_id: str) -> bool:
     except OSError:
         return False  # it exists, as another user's process
     return False
+
+
+def fair_share(cap: int, rank: int, count: int) -> int:
+    """The share of ``cap`` of the worker ranked ``rank`` among ``count`` live workers: the
+    cap split evenly, the remainder to the first ones, so that the shares add up to the cap
+    exactly. Past the cap's worth of workers, some get none."""
+    return cap // count + (1 if rank < cap % count else 0)
 
 
 class Worker:
@@ -120,33 +160,31 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._share = config.max_in_flight_per_webhook
-        self._live: list[str] = [self.worker_id]
-        self._joining = False
+        self._keeper: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
+        # This worker's row as last written: its shares are what it claims with.
+        self.me = Peer(self.worker_id, 0, 0, False)
+        # Below its fair share (waiting for the others to shrink theirs): beat more often.
+        self._wanting = False
+        # When the last heartbeat that got through was sent (time.monotonic()).
+        self._in_touch_at = time.monotonic()
+        self._out_of_touch = False
+        # Deliveries whose attempts were stopped out of touch: given back once in touch.
+        self._abandoned: list[ClaimedDelivery] = []
+
+    @property
+    def in_touch(self) -> bool:
+        """Whether heartbeats get through: a worker out of touch claims nothing."""
+        return not self._out_of_touch
 
     # Life cycle.
 
     async def start(self) -> None:
-        live = await self._beat()
-        dead = [w for w in live if w != self.worker_id and ran_here_and_died(w)]
-        if dead:
-            # A predecessor killed with SIGKILL on this host: its heartbeat is recent, but
-            # it holds nothing any more (its leases expire on their own), so it takes no
-            # share and this worker need not wait for it to go stale.
-            for worker in dead:
-                await self.store.retire(worker)
-            live = await self._beat()
-        if len(live) > 1:
-            # The others shrink their shares at their next heartbeat; until then this worker's
-            # share would push the sum over the cap, so it starts delivering after that.
-            self._joining = True
-            self._share = 0
-            asyncio.get_running_loop().call_later(
-                self.config.maintenance_interval * 1.2, self._take_share
-            )
+        """Join: the first heartbeat removes dead predecessors of this host (their leases go
+        back to the queue) and takes whatever share of the caps is free; then claim."""
+        await self._heartbeat()
         await self.sender.start()
-        self._heartbeat = asyncio.create_task(self._beat_forever(), name="hookd-heartbeat")
+        self._keeper = asyncio.create_task(self._keep_alive(), name="hookd-heartbeat")
         self._tasks = [
             asyncio.create_task(self._run(), name="hookd-dispatch"),
             asyncio.create_task(self._listen(), name="hookd-listen"),
@@ -154,9 +192,11 @@ class Worker:
         ]
 
     async def stop(self, grace: float = 35.0) -> None:
-        """Stop claiming, let attempts under way finish (up to ``grace`` seconds), record
-        them, and give back any delivery that could not finish, due at once. The worker
-        keeps its heartbeat (and so its share of the cap) until its last attempt is over."""
+        """Stop claiming, give this worker's shares of the caps back at once (the other
+        workers take them at their next heartbeat), let attempts under way finish (up to
+        ``grace`` seconds), record them, and give back any delivery that could not finish,
+        due at once. The heartbeat goes on until the last attempt is over, so that nobody
+        takes this worker for dead meanwhile."""
         self._stopping = True
         self._wake.set()
         dispatcher, helpers = self._tasks[:1], self._tasks[1:]
@@ -166,6 +206,8 @@ class Worker:
         for task in dispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):
+            await self._heartbeat()  # publishes "stopping", with no shares
         if self._in_flight:
             await asyncio.wait([task for _c, task in self._in_flight.values()], timeout=grace)
         unfinished = [claimed for claimed, _task in self._in_flight.values()]
@@ -176,17 +218,22 @@ class Worker:
                 await task
         try:
             await self._settle()
-            await self.store.release(unfinished)
+            await self.store.release([*unfinished, *self._abandoned])
         except Exception as exc:
             log.warning(
                 "could not record the last outcomes at shutdown; their leases will expire",
                 error=str(exc),
                 deliveries=len(unfinished),
             )
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        if self._keeper is not None:
+            self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._heartbeat
+                await self._keeper
+        if self._beating is not None:
+            # Let a heartbeat under way end first: written after the retirement, it would
+            # register this worker again.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._beating
         with contextlib.suppress(Exception):
             await self.store.retire(self.worker_id)
         await self.sender.close()
@@ -217,6 +264,15 @@ class Worker:
                 log.exception("could not record a batch of outcomes; it will be retried")
             self._unsettled.pop(0)
 
+    def _may_claim(self) -> bool:
+        return (
+            not self._stopping
+            and not self._out_of_touch
+            and self.me.webhook_share > 0
+            and self.me.org_share > 0
+            and time.monotonic() - self._in_touch_at < self.config.out_of_touch_after
+        )
+
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
@@ -224,7 +280,11 @@ class Worker:
             room = self.config.concurrency - len(self._in_flight)
             try:
                 await self._settle()
-                claimed = await self.store.claim(self._claim_request(room)) if room > 0 else []
+                claimed = (
+                    await self.store.claim(self._claim_request(room))
+                    if room > 0 and self._may_claim()
+                    else []
+                )
             except DatabaseUnavailable as exc:
                 log.warning(
                     "database unavailable; delivery paused", error=exc.detail, retry_in=backoff
@@ -254,12 +314,14 @@ class Worker:
             margin_ms=self.config.lease_margin_ms,
             token=self._token(),
             worker=self.worker_id,
-            share=self._share,
+            share=self.me.webhook_share,
+            per_org=self.config.max_in_flight_per_org,
+            org_share=self.me.org_share,
         )
 
     async def _sleep(self) -> None:
         timeout = self.config.poll_interval
-        if self._share and len(self._in_flight) < self.config.concurrency:
+        if self._may_claim() and len(self._in_flight) < self.config.concurrency:
             with contextlib.suppress(DatabaseUnavailable):
                 due = await self.store.next_due()
                 if due is not None:
@@ -274,19 +336,6 @@ class Worker:
         while not self._stopping:
             if await self.store.wait_for_work(60.0):
                 self._wake.set()
-
-    def _take_share(self) -> None:
-        self._joining = False
-        self._share = self._share_of(self._live)
-        self._wake.set()
-
-    def _share_of(self, live: list[str]) -> int:
-        # The cap split between the live workers, the remainder to the first ones: the
-        # shares add up to the cap exactly. Past the cap's worth of workers, some get none.
-        cap = self.config.max_in_flight_per_webhook
-        rank = live.index(self.worker_id) if self.worker_id in live else len(live)
-        count = max(1, len(live))
-        return cap // count + (1 if rank < cap % count else 0)
 
     async def _attempt(self, claimed: ClaimedDelivery) -> None:
         try:
@@ -313,23 +362,97 @@ class Worker:
 
     # Heartbeat and maintenance.
 
-    async def _beat(self) -> list[str]:
-        # A worker whose heartbeat is three intervals old no longer counts.
-        stale_before = self.clock() - round(3 * self.config.maintenance_interval * 1000)
-        self._live = await self.store.beat(self.worker_id, stale_before)
-        if not self._joining:
-            self._share = self._share_of(self._live)
-        return self._live
+    def _decide(self, peers: list[Peer]) -> Peer:
+        """This worker's shares, from the other live workers' rows (see the module doc).
 
-    async def _beat_forever(self) -> None:
+        Runs inside the heartbeat's transaction, before its row is written: a share that
+        shrinks does so at once, before another worker can read it and grow into it; one
+        that grows does so once written (in :meth:`_heartbeat`)."""
+        if self._stopping:
+            self._wanting = False
+            self.me = Peer(self.worker_id, 0, 0, True)
+            return self.me
+        active = sorted([p.id for p in peers if not p.stopping] + [self.worker_id])
+        rank, count = active.index(self.worker_id), len(active)
+        shares = []
+        for cap, taken in (
+            (self.config.max_in_flight_per_webhook, sum(p.webhook_share for p in peers)),
+            (self.config.max_in_flight_per_org, sum(p.org_share for p in peers)),
+        ):
+            fair = fair_share(cap, rank, count)
+            shares.append((fair, max(0, min(fair, cap - taken))))
+        self._wanting = any(share < fair for fair, share in shares)
+        decided = Peer(self.worker_id, shares[0][1], shares[1][1], False)
+        self.me = Peer(
+            self.worker_id,
+            min(self.me.webhook_share, decided.webhook_share),
+            min(self.me.org_share, decided.org_share),
+            False,
+        )
+        return decided
+
+    async def _heartbeat(self) -> None:
+        sent = time.monotonic()
+        beat = await self.store.beat(
+            self.worker_id,
+            round(self.config.worker_timeout * 1000),
+            self._decide,
+            ran_here_and_died,
+        )
+        self._in_touch_at = sent
+        if beat.reaped:
+            log.warning(
+                "dead workers removed; their deliveries went back to the queue",
+                workers=list(beat.reaped),
+                deliveries=beat.released,
+            )
+        if beat.me != self.me:
+            self.me = beat.me
+            self._wake.set()
+        if self._out_of_touch:
+            await self._back_in_touch()
+
+    def _lose_touch(self) -> None:
+        """No heartbeat got through for half the worker timeout: the others will take this
+        worker for dead at the full timeout and send its deliveries again. Stop its attempts
+        under way now, so that none is still running then, and claim nothing until a
+        heartbeat gets through."""
+        self._out_of_touch = True
+        for claimed, task in self._in_flight.values():
+            task.cancel()
+            self._abandoned.append(claimed)
+        log.warning(
+            "no heartbeat recorded for a while; attempts under way stopped, their deliveries "
+            "will be sent again",
+            seconds=round(time.monotonic() - self._in_touch_at, 1),
+            deliveries=len(self._abandoned),
+        )
+
+    async def _back_in_touch(self) -> None:
+        # Give back the stopped attempts' deliveries (unless another worker has them now).
+        await self.store.release(self._abandoned)
+        log.info("heartbeat recorded again; claiming again", returned=len(self._abandoned))
+        self._abandoned = []
+        self._out_of_touch = False
+        self._wake.set()
+
+    async def _keep_alive(self) -> None:
         while True:
-            await asyncio.sleep(self.config.maintenance_interval)
-            try:
-                await self._beat()
-            except DatabaseUnavailable:
-                pass
-            except Exception:
-                log.exception("heartbeat failed")
+            interval = self.config.heartbeat_interval
+            await asyncio.sleep(interval / 5 if self._wanting else interval)
+            if self._beating is None or self._beating.done():
+                self._beating = asyncio.create_task(self._beat_once())
+            in_touch_for = time.monotonic() - self._in_touch_at
+            if not self._out_of_touch and in_touch_for >= self.config.out_of_touch_after:
+                self._lose_touch()
+
+    async def _beat_once(self) -> None:
+        try:
+            await self._heartbeat()
+        except DatabaseUnavailable:
+            pass
+        except Exception:
+            log.exception("heartbeat failed")
 
     async def _maintain(self) -> None:
         last_purge = 0.0

@@ -6,7 +6,7 @@ Operations are written once (``tenants``, ``webhooks``, ``events``, ``deliveries
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
@@ -22,7 +22,9 @@ from hookd.store.records import (
     ClaimedDelivery,
     Delivery,
     Event,
+    Heartbeat,
     Organization,
+    Peer,
     Webhook,
 )
 from hookd.store.sqlite import SqliteDriver
@@ -37,7 +39,9 @@ __all__ = [
     "Driver",
     "Event",
     "EventDraft",
+    "Heartbeat",
     "Organization",
+    "Peer",
     "Settlement",
     "Store",
     "Webhook",
@@ -239,8 +243,15 @@ class Store:
         if claimed:
             await self.driver.write(queue.release(claimed))
 
-    async def beat(self, worker: str, stale_before: int) -> list[str]:
-        return await self.driver.write(queue.beat(worker, self.clock(), stale_before))
+    async def beat(
+        self,
+        worker: str,
+        timeout_ms: int,
+        decide: Callable[[list[Peer]], Peer],
+        died: Callable[[str], bool],
+    ) -> Heartbeat:
+        """A worker's heartbeat (see :func:`hookd.store.queue.beat`)."""
+        return await self.driver.write(queue.beat(worker, self.clock(), timeout_ms, decide, died))
 
     async def retire(self, worker: str) -> None:
         await self.driver.write(queue.retire(worker))

@@ -209,7 +209,9 @@ class PostgresDriver:
 
         Those connections do not wait for the disk at commit: if the server lost a worker's
         last statements in a crash, the deliveries they settled or leased are sent again
-        (delivery is at least once), and no client was told anything about them.
+        (delivery is at least once), and no client was told anything about them. They also
+        keep one generic plan per statement: planning the claim afresh each time (what
+        PostgreSQL chose for it) cost about 1.3 ms per claim, more than running it.
         """
         if self._worker_pool is None:
             try:
@@ -220,7 +222,10 @@ class PostgresDriver:
                     max_inactive_connection_lifetime=300,
                     command_timeout=60,
                     reset=_keep_session,
-                    server_settings={"synchronous_commit": "off"},
+                    server_settings={
+                        "synchronous_commit": "off",
+                        "plan_cache_mode": "force_generic_plan",
+                    },
                 )
             except _UNAVAILABLE as exc:
                 raise DatabaseUnavailable(str(exc)) from exc

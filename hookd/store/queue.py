@@ -1,23 +1,28 @@
-"""Store operations of the delivery queue: claim, settle, release, purge.
+"""Store operations of the delivery queue: claim, settle, release, heartbeats, purge.
 
 Deliveries are rows. A waiting delivery has ``status = 'pending'`` and a due time
-``next_attempt_at``. A claim leases it to one worker (``lease_until``, ``lease_token``) for
-longer than the webhook's timeout; settling the attempt's outcome ends the lease. If the
-worker dies, the lease runs out and :func:`release_expired` puts the delivery back.
+``next_attempt_at``. A claim leases it to one worker (``lease_until``, ``lease_token``, the
+token beginning with the worker's id) for longer than the webhook's timeout; settling the
+attempt's outcome ends the lease. A worker that dies is found out by its heartbeat row
+(:func:`beat`: at once on its own host, after a lapsed heartbeat elsewhere) and its leases
+go back to the queue; :func:`release_expired` is the backstop for a lease that outlived its
+timeout by the lease margin whatever its worker's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hookd.store.queries import Op, many, rows, run, value
-from hookd.store.records import ClaimedDelivery
+from hookd.store.records import ClaimedDelivery, Heartbeat, Peer
 
 __all__ = [
     "ClaimRequest",
     "Settlement",
+    "allot",
     "beat",
     "claim",
     "next_due",
@@ -28,13 +33,17 @@ __all__ = [
     "settle",
 ]
 
+# A cap that no claim reaches (the per-organization cap of a request that names none).
+UNBOUNDED = 1_000_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
     """Lease at most ``capacity`` due deliveries for the worker named ``worker`` (the prefix
-    of its lease tokens), ``token`` naming this claim; per webhook at most ``per_webhook``
-    leased across all workers and at most ``share`` of them to this worker. A lease lasts
-    the webhook's timeout plus ``margin_ms``."""
+    of its lease tokens), ``token`` naming this claim. Per webhook at most ``per_webhook``
+    leased across all workers and at most ``share`` of them to this worker; per
+    organization at most ``per_org`` across all workers and ``org_share`` to this worker.
+    A lease lasts the webhook's timeout plus ``margin_ms``."""
 
     now: int
     capacity: int
@@ -43,6 +52,8 @@ class ClaimRequest:
     token: str
     worker: str = ""
     share: int | None = None
+    per_org: int | None = None
+    org_share: int | None = None
 
     @property
     def my_leased(self) -> int:
@@ -50,9 +61,18 @@ class ClaimRequest:
         return self.per_webhook if self.share is None else min(self.share, self.per_webhook)
 
     @property
+    def org_max(self) -> int:
+        return UNBOUNDED if self.per_org is None else self.per_org
+
+    @property
+    def org_mine(self) -> int:
+        """Leases per organization for this worker."""
+        return self.org_max if self.org_share is None else min(self.org_share, self.org_max)
+
+    @property
     def mine(self) -> str:
-        """A LIKE pattern matching this worker's lease tokens."""
-        return f"{self.worker or self.token}-%"
+        """The prefix of this worker's lease tokens."""
+        return f"{self.worker or self.token}-"
 
 
 @dataclass(slots=True)
@@ -102,6 +122,8 @@ def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
         capacity=req.capacity,
         max_leased=req.per_webhook,
         my_leased=req.my_leased,
+        org_max=req.org_max,
+        org_mine=req.org_mine,
         mine=req.mine,
         margin=req.margin_ms,
         token=req.token,
@@ -109,46 +131,84 @@ def _claim_postgres(req: ClaimRequest) -> Op[list[Any]]:
     return found
 
 
+def allot(
+    heads: Sequence[Mapping[str, Any]], leased: Sequence[Mapping[str, Any]], req: ClaimRequest
+) -> list[tuple[Mapping[str, Any], int]]:
+    """How many deliveries to take from each webhook with due work (``heads``: rows of
+    ``queue_heads``), given the leases under way (``leased``: rows of ``queue_leased``).
+
+    The rule of PostgreSQL's ``claim`` statement: each free slot of a webhook (within the
+    per-webhook cap and this worker's share of it) gets a turn within its organization,
+    ordered by how many attempts the webhook would then have under way (ties: the oldest
+    due work first); an organization's turns beyond its free slots (its cap, this worker's
+    share of it) drop out; then the slots are taken in the order of how many attempts their
+    organization would then have under way, until ``capacity`` is reached.
+    """
+    under_way = {r["webhook_id"]: (int(r["n"]), int(r["m"])) for r in leased}
+    org_under_way: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in leased:
+        counts = org_under_way[r["organization_id"]]
+        counts[0] += int(r["n"])
+        counts[1] += int(r["m"])
+    by_org: dict[str, list[tuple[Mapping[str, Any], int, int]]] = defaultdict(list)
+    for head in heads:
+        everyone, mine = under_way.get(head["webhook_id"], (0, 0))
+        free = min(req.per_webhook - everyone, req.my_leased - mine, req.capacity)
+        if free > 0:
+            by_org[head["organization_id"]].append((head, everyone, free))
+    rooms = {}
+    for org in by_org:
+        everyone, mine = org_under_way.get(org, [0, 0])
+        rooms[org] = min(req.org_max - everyone, req.org_mine - mine, req.capacity)
+    wanted = {org: sum(free for _h, _n, free in hooks) for org, hooks in by_org.items()}
+    if sum(wanted.values()) <= req.capacity and all(wanted[o] <= rooms[o] for o in by_org):
+        # Room for every free slot (the usual case): nothing to choose between.
+        return [(head, free) for hooks in by_org.values() for head, _n, free in hooks]
+    slots: list[tuple[int, int, str]] = []
+    chosen: dict[str, Mapping[str, Any]] = {}
+    for org, hooks in by_org.items():
+        units = sorted(
+            (everyone + k, head["head"], head["webhook_id"])
+            for head, everyone, free in hooks
+            for k in range(1, free + 1)
+        )
+        base = org_under_way.get(org, [0, 0])[0]
+        slots += [
+            (base + turn, due, webhook_id)
+            for turn, (_n, due, webhook_id) in enumerate(units[: max(0, rooms[org])], 1)
+        ]
+        chosen.update((head["webhook_id"], head) for head, _n, _free in hooks)
+    slots.sort()
+    takes = Counter(webhook_id for _n, _due, webhook_id in slots[: req.capacity])
+    return [(chosen[webhook_id], n) for webhook_id, n in takes.items()]
+
+
 def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
     # The same plan as PostgreSQL's single statement, step by step: SQLite has no LATERAL,
     # and its one writer makes the steps atomic.
-    inflight = {
-        r["webhook_id"]: (r["n"], r["m"]) for r in (yield rows("queue_inflight", mine=req.mine))
-    }
-    heads = sorted(
-        (h for h in (yield rows("queue_heads")) if h["head"] is not None and h["head"] <= req.now),
-        key=lambda h: h["head"],
-    )
+    leased = yield rows("queue_leased", mine=req.mine)
+    heads = [
+        h for h in (yield rows("queue_heads")) if h["head"] is not None and h["head"] <= req.now
+    ]
     ids: list[str] = []
-    for head in heads:
-        everyone, mine = inflight.get(head["webhook_id"], (0, 0))
-        free = min(req.per_webhook - everyone, req.my_leased - mine, req.capacity - len(ids))
-        if free <= 0:
+    for head, take in allot(heads, leased, req):
+        lease = {
+            "webhook_id": head["webhook_id"],
+            "now": req.now,
+            "lease_until": req.now + head["timeout_ms"] + req.margin_ms,
+            "token": req.token,
+        }
+        if not head["active"]:
+            ids += [r["id"] for r in (yield rows("queue_take_tests", n=take, **lease))]
             continue
-        taken = yield rows(
-            "queue_take",
-            webhook_id=head["webhook_id"],
-            now=req.now,
-            n=free,
-            lease_until=req.now + head["timeout_ms"] + req.margin_ms,
-            token=req.token,
-        )
+        taken: list[Any] = []
+        if head["urgent"] is not None and head["urgent"] <= req.now:
+            # Up to half the slots for due retries and test deliveries: a backlog of first
+            # attempts does not hold them back.
+            taken = yield rows("queue_take_urgent", n=(take + 1) // 2, **lease)
+        if len(taken) < take:
+            taken += yield rows("queue_take", n=take - len(taken), **lease)
         ids += [r["id"] for r in taken]
-        if len(ids) >= req.capacity:
-            break
-    if len(ids) < req.capacity:
-        tests = yield rows("queue_take_tests", now=req.now, n=req.capacity - len(ids))
-        if tests:
-            leases = [
-                {
-                    "id": t["id"],
-                    "lease_until": req.now + t["timeout_ms"] + req.margin_ms,
-                    "token": req.token,
-                }
-                for t in tests
-            ]
-            yield many("queue_lease", leases)
-            ids += [t["id"] for t in tests]
     if not ids:
         return []
     return list((yield rows("claim_details", ids=ids)))
@@ -173,12 +233,44 @@ def release(claimed: Sequence[ClaimedDelivery]) -> Op[None]:
     yield many("queue_release", [{"id": c.id, "token": c.lease_token} for c in claimed])
 
 
-def beat(worker: str, now: int, stale_before: int) -> Op[list[str]]:
-    """Record that ``worker`` is alive; returns the ids of the live workers, in order."""
-    yield run("worker_beat", id=worker, now=now)
-    yield run("workers_purge", before=stale_before - 86_400_000)
-    live = [r["id"] for r in (yield rows("workers_live", since=stale_before))]
-    return live if worker in live else sorted([*live, worker])
+def beat(
+    worker: str,
+    now: int,
+    timeout_ms: int,
+    decide: Callable[[list[Peer]], Peer],
+    died: Callable[[str], bool],
+) -> Op[Heartbeat]:
+    """Record that ``worker`` is alive, with the shares of the caps that ``decide`` gives it
+    from the other live workers' rows; remove the dead workers first and return their leases
+    to the queue. Dead: a heartbeat older than ``timeout_ms``, or ``died(id)`` (a process of
+    this host that no longer runs).
+
+    Workers take turns (``workers_lock``), so that each decides from the shares the others
+    really claim with: a new share never makes the shares add up to more than a cap.
+    """
+    yield run("workers_lock")
+    peers: list[Peer] = []
+    reaped: list[str] = []
+    released = 0
+    for row in (yield rows("workers_all", now=now, timeout=timeout_ms)):
+        if row["id"] == worker:
+            continue
+        if row["fresh"] and not died(row["id"]):
+            peers.append(Peer.from_row(row))
+            continue
+        released += yield run("queue_release_worker", prefix=f"{row['id']}-")
+        yield run("worker_remove", id=row["id"])
+        reaped.append(row["id"])
+    me = decide(peers)
+    yield run(
+        "worker_beat",
+        id=worker,
+        now=now,
+        webhook_share=me.webhook_share,
+        org_share=me.org_share,
+        stopping=me.stopping,
+    )
+    return Heartbeat(me=me, peers=tuple(peers), reaped=tuple(reaped), released=released)
 
 
 def retire(worker: str) -> Op[None]:

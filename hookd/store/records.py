@@ -20,7 +20,9 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Event",
+    "Heartbeat",
     "Organization",
+    "Peer",
     "Webhook",
     "record",
 ]
@@ -293,3 +295,34 @@ class ClaimedDelivery:
             headers=_json_map(row["headers"]),
             timeout_ms=row["timeout_ms"],
         )
+
+
+@record
+class Peer:
+    """A delivery worker as its heartbeat row says: its shares of the per-webhook and
+    per-organization caps (the most it claims with), and whether it is stopping."""
+
+    id: str
+    webhook_share: int
+    org_share: int
+    stopping: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> Peer:
+        return cls(
+            id=row["id"],
+            webhook_share=row["webhook_share"],
+            org_share=row["org_share"],
+            stopping=bool(row["stopping"]),
+        )
+
+
+@record
+class Heartbeat:
+    """What a heartbeat found and wrote: the other live workers, the dead ones it removed
+    (and how many leases of theirs went back to the queue), and this worker's new row."""
+
+    me: Peer
+    peers: tuple[Peer, ...]
+    reaped: tuple[str, ...]
+    released: int

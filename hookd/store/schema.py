@@ -57,13 +57,18 @@ rate_counters = Table(
     Column("count", Integer, nullable=False),
 )
 
-# Live workers (heartbeats), so that each takes a fair share of a webhook's in-flight cap.
+# Live workers (heartbeats): a worker whose heartbeat lapses is dead and its leases go back to
+# the queue; each claims with its share of the per-webhook and per-organization caps, and
+# publishes it here so that a worker that starts knows at once how much is free.
 workers = Table(
     "workers",
     metadata,
     Column("id", Text, primary_key=True),
     Column("started_at", BigInteger, nullable=False),
     Column("heartbeat_at", BigInteger, nullable=False),
+    Column("webhook_share", Integer, nullable=False, server_default=text("0")),
+    Column("org_share", Integer, nullable=False, server_default=text("0")),
+    Column("stopping", Boolean, nullable=False, server_default=text("false")),
 )
 
 webhooks = Table(
@@ -174,9 +179,23 @@ deliveries = Table(
     # Test deliveries are sent whatever the webhook's status, so they need their own way in.
     Index(
         "ix_deliveries_tests",
+        "webhook_id",
         "next_attempt_at",
         sqlite_where=text("is_test AND status = 'pending' AND lease_until IS NULL"),
         postgresql_where=text("is_test AND status = 'pending' AND lease_until IS NULL"),
+    ),
+    # Waiting retries and test deliveries per webhook: up to half of a claim's slots go to
+    # them, so that a backlog of first attempts does not hold them back.
+    Index(
+        "ix_deliveries_urgent",
+        "webhook_id",
+        "next_attempt_at",
+        sqlite_where=text(
+            "status = 'pending' AND lease_until IS NULL AND (attempt_count > 0 OR is_test)"
+        ),
+        postgresql_where=text(
+            "status = 'pending' AND lease_until IS NULL AND (attempt_count > 0 OR is_test)"
+        ),
     ),
 )
 

@@ -144,37 +144,40 @@ WHERE id = :id AND webhook_id = :webhook_id AND status <> 'cancelled';
 UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL
 WHERE webhook_id = :webhook_id AND status = 'pending';
 
--- name: queue_inflight
--- Attempts under way per webhook: across every worker (the per-webhook cap), and this
--- worker's own (its fair share of the cap).
-SELECT webhook_id, count(*) AS n, sum(CASE WHEN lease_token LIKE :mine THEN 1 ELSE 0 END) AS m
-FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id;
+-- name: workers_lock
+-- Workers change their shares one at a time (see queue.beat); SQLite's one writer already
+-- makes them take turns.
+SELECT 1;
+
+-- name: workers_all
+-- Every worker's row, and whether its heartbeat is recent (within :timeout ms).
+SELECT id, webhook_share, org_share, stopping, heartbeat_at >= :now - :timeout AS fresh
+FROM workers ORDER BY id;
 
 -- name: worker_beat
-INSERT INTO workers (id, started_at, heartbeat_at) VALUES (:id, :now, :now)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
-
--- name: workers_live
-SELECT id FROM workers WHERE heartbeat_at >= :since ORDER BY id;
+INSERT INTO workers (id, started_at, heartbeat_at, webhook_share, org_share, stopping)
+VALUES (:id, :now, :now, :webhook_share, :org_share, :stopping)
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = excluded.heartbeat_at, webhook_share = excluded.webhook_share,
+    org_share = excluded.org_share, stopping = excluded.stopping;
 
 -- name: worker_remove
 DELETE FROM workers WHERE id = :id;
 
--- name: workers_purge
-DELETE FROM workers WHERE heartbeat_at < :before;
+-- name: queue_release_worker
+-- A dead worker's deliveries go back to the queue (its lease tokens begin with :prefix).
+UPDATE deliveries SET lease_until = NULL, lease_token = NULL
+WHERE lease_until IS NOT NULL AND substr(lease_token, 1, length(:prefix)) = :prefix;
 
 -- name: queue_heads
--- Each active webhook with waiting deliveries and its earliest due time (the view is
--- defined in migration 0001).
-SELECT webhook_id, timeout_ms, head FROM queue_heads;
+-- Each webhook with claimable deliveries, with its organization, its earliest due time and
+-- that of its retries and test deliveries (the view is defined in migration 0003). Not
+-- filtered here: a WHERE on head would compute it twice per webhook.
+SELECT webhook_id, organization_id, timeout_ms, active, head, urgent FROM queue_heads;
 
 -- name: queue_next_due
--- When the next waiting delivery of an active webhook, or a test delivery, falls due.
-SELECT min(t.head) FROM (
-    SELECT head FROM queue_heads
-    UNION ALL
-    SELECT min(next_attempt_at) FROM deliveries WHERE is_test AND status = 'pending' AND lease_until IS NULL
-) t;
+-- When the next claimable delivery falls due.
+SELECT min(head) FROM queue_heads;
 
 -- name: queue_release
 -- Give back a claimed delivery unattempted (graceful shutdown).

@@ -24,48 +24,105 @@ WITH k AS (
 SELECT k.*, (SELECT count FROM counted) AS request_count FROM k;
 
 -- name: claim
--- Lease due deliveries: for each active webhook, up to this worker's free slots (and within
--- the cap, counting every worker's leases), oldest webhooks' work first, at most :capacity
--- in all; and test deliveries to webhooks that are not active (active ones come through
--- the queue). Returns what the sender needs.
-WITH inflight AS (
-    SELECT webhook_id, count(*) AS n, count(*) FILTER (WHERE lease_token LIKE :mine) AS m
-    FROM deliveries WHERE lease_until IS NOT NULL GROUP BY webhook_id
+-- Lease due deliveries for one worker, at most :capacity, in one statement:
+-- * within the caps: per webhook at most :max_leased leased by every worker together and
+--   :my_leased by this one (its share, see hookd/delivery/worker.py), per organization at
+--   most :org_max and :org_mine; the leases of every worker count (:mine is the prefix of
+--   this worker's lease tokens);
+-- * fairly: each free slot goes where it raises the fewest attempts under way: within an
+--   organization, slots are numbered over its webhooks by how many each would then have
+--   (ties: the oldest work first); across organizations likewise, by how many the
+--   organization would then have. A backlog of one organization never holds back the due
+--   deliveries of another, nor a busy webhook a quiet one, in one claim or over many;
+-- * per webhook, up to half of its slots go to due retries and test deliveries (urgent),
+--   the rest to the oldest due deliveries of any kind; a paused or suspended webhook only
+--   sends its test deliveries.
+-- Returns what the sender needs.
+WITH leased AS (
+    SELECT d.webhook_id, count(*) AS n,
+           count(*) FILTER (WHERE starts_with(d.lease_token, :mine)) AS m
+    FROM deliveries d WHERE d.lease_until IS NOT NULL GROUP BY d.webhook_id
+), org_leased AS (
+    SELECT w.organization_id, sum(l.n) AS n, sum(l.m) AS m
+    FROM leased l JOIN webhooks w ON w.id = l.webhook_id GROUP BY w.organization_id
 ), slots AS (
-    SELECT h.webhook_id AS id, h.timeout_ms, h.head,
-           LEAST(:max_leased - coalesce(i.n, 0), :my_leased - coalesce(i.m, 0)) AS free
-    FROM queue_heads h LEFT JOIN inflight i ON i.webhook_id = h.webhook_id
-    WHERE h.head <= :now AND coalesce(i.n, 0) < :max_leased AND coalesce(i.m, 0) < :my_leased
-), queued AS (
-    SELECT d.id, s.timeout_ms
-    FROM slots s
-    CROSS JOIN LATERAL (
-        SELECT q.id FROM deliveries q
-        WHERE q.webhook_id = s.id AND q.status = 'pending' AND q.lease_until IS NULL
-          AND q.next_attempt_at <= :now
-        ORDER BY q.next_attempt_at LIMIT s.free
-        FOR UPDATE SKIP LOCKED
-    ) d
-    ORDER BY s.head
-    LIMIT :capacity
-), tests AS (
-    SELECT d.id, w.timeout_ms FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-    WHERE d.is_test AND d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at <= :now
-      AND w.status <> 'active' AND w.deleted_at IS NULL
-    ORDER BY d.next_attempt_at LIMIT :capacity
-    FOR UPDATE OF d SKIP LOCKED
+    SELECT h.webhook_id, h.organization_id, h.active, h.urgent <= :now AS urgent, h.head,
+           row_number() OVER (PARTITION BY h.organization_id
+                              ORDER BY coalesce(l.n, 0) + k.k, h.head, h.webhook_id) AS turn
+    FROM queue_heads h
+    LEFT JOIN leased l ON l.webhook_id = h.webhook_id
+    CROSS JOIN LATERAL generate_series(1, LEAST(:max_leased - coalesce(l.n, 0),
+                                                :my_leased - coalesce(l.m, 0), :capacity)) AS k(k)
+    WHERE h.head <= :now
+), granted AS (
+    SELECT s.webhook_id, s.active, coalesce(s.urgent, false) AS urgent, count(*) AS take
+    FROM (SELECT s.* FROM slots s LEFT JOIN org_leased o ON o.organization_id = s.organization_id
+          WHERE s.turn <= LEAST(:org_max - coalesce(o.n, 0), :org_mine - coalesce(o.m, 0))
+          ORDER BY coalesce(o.n, 0) + s.turn, s.head LIMIT :capacity) s
+    GROUP BY s.webhook_id, s.active, s.urgent
 ), picked AS (
-    SELECT id, timeout_ms FROM queued
-    UNION ALL
-    (SELECT id, timeout_ms FROM tests LIMIT greatest(0, :capacity - (SELECT count(*) FROM queued)))
+    SELECT d.id
+    FROM granted g
+    CROSS JOIN LATERAL (
+        WITH urgent AS (
+            SELECT q.id FROM deliveries q
+            WHERE g.active AND g.urgent AND q.webhook_id = g.webhook_id
+              AND q.status = 'pending' AND q.lease_until IS NULL
+              AND (q.attempt_count > 0 OR q.is_test) AND q.next_attempt_at <= :now
+            ORDER BY q.next_attempt_at LIMIT (g.take + 1) / 2
+            FOR UPDATE SKIP LOCKED
+        ), tests AS (
+            SELECT q.id FROM deliveries q
+            WHERE NOT g.active AND q.webhook_id = g.webhook_id
+              AND q.is_test AND q.status = 'pending' AND q.lease_until IS NULL
+              AND q.next_attempt_at <= :now
+            ORDER BY q.next_attempt_at LIMIT g.take
+            FOR UPDATE SKIP LOCKED
+        ), rest AS (
+            SELECT q.id FROM deliveries q
+            WHERE g.active AND q.webhook_id = g.webhook_id
+              AND q.status = 'pending' AND q.lease_until IS NULL AND q.next_attempt_at <= :now
+              AND q.id NOT IN (SELECT id FROM urgent)
+            ORDER BY q.next_attempt_at LIMIT g.take - (SELECT count(*) FROM urgent)
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT id FROM urgent UNION ALL SELECT id FROM tests UNION ALL SELECT id FROM rest
+    ) d
 )
 UPDATE deliveries d
-SET lease_until = :now + p.timeout_ms + :margin, lease_token = :token
-FROM picked p, events e, webhooks w
-WHERE d.id = p.id AND e.id = d.event_id AND w.id = d.webhook_id
+SET lease_until = :now + w.timeout_ms + :margin, lease_token = :token
+FROM events e, webhooks w
+-- an array: the planner then looks the few picked rows up by key, whatever it estimates
+WHERE d.id = ANY (ARRAY(SELECT id FROM picked)) AND e.id = d.event_id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
           e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
           w.organization_id, w.url, w.secret, w.headers, w.timeout_ms;
+
+-- name: workers_lock
+-- Workers change their shares one at a time (see queue.beat): each reads the others' and
+-- writes its own under this lock, so that the shares never add up to more than the caps.
+LOCK TABLE workers IN SHARE ROW EXCLUSIVE MODE;
+
+-- name: workers_all
+-- Every worker's row, and whether its heartbeat is recent (within :timeout ms). Heartbeats
+-- are the database's time, so that workers on hosts whose clocks differ agree on who lapsed.
+SELECT id, webhook_share, org_share, stopping,
+       heartbeat_at >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint - :timeout AS fresh
+FROM workers ORDER BY id;
+
+-- name: worker_beat
+INSERT INTO workers (id, started_at, heartbeat_at, webhook_share, org_share, stopping)
+VALUES (:id, (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+        (extract(epoch FROM clock_timestamp()) * 1000)::bigint, :webhook_share, :org_share,
+        :stopping)
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = excluded.heartbeat_at, webhook_share = excluded.webhook_share,
+    org_share = excluded.org_share, stopping = excluded.stopping;
+
+-- name: queue_release_worker
+-- A dead worker's deliveries go back to the queue (its lease tokens begin with :prefix).
+UPDATE deliveries SET lease_until = NULL, lease_token = NULL
+WHERE lease_until IS NOT NULL AND starts_with(lease_token, :prefix);
 
 -- name: recover_page
 -- The next page of a recovery window, and for each event whether the webhook lacks a

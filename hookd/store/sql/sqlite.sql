@@ -2,8 +2,16 @@
 -- One writer thread runs every write, so no row locks are needed: writes are serial.
 -- Lists are passed as JSON text and read with json_each.
 
+-- name: queue_leased
+-- Attempts under way per webhook, with its organization: every worker's (the caps), and
+-- this worker's (its shares; its lease tokens begin with :mine).
+SELECT d.webhook_id, w.organization_id, count(*) AS n,
+       sum(substr(d.lease_token, 1, length(:mine)) = :mine) AS m
+FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+WHERE d.lease_until IS NOT NULL GROUP BY d.webhook_id;
+
 -- name: queue_take
--- Lease up to :n due deliveries of one webhook, oldest first.
+-- Lease up to :n due deliveries of one active webhook, oldest first.
 UPDATE deliveries SET lease_until = :lease_until, lease_token = :token
 WHERE id IN (SELECT id FROM deliveries
              WHERE webhook_id = :webhook_id AND status = 'pending' AND lease_until IS NULL
@@ -11,15 +19,24 @@ WHERE id IN (SELECT id FROM deliveries
              ORDER BY next_attempt_at LIMIT :n)
 RETURNING id;
 
--- name: queue_take_tests
--- Test deliveries to webhooks that are not active (active ones go through the queue).
-SELECT d.id, w.timeout_ms FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-WHERE d.is_test AND d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at <= :now
-  AND w.status <> 'active' AND w.deleted_at IS NULL
-ORDER BY d.next_attempt_at LIMIT :n;
+-- name: queue_take_urgent
+-- Lease up to :n due retries and test deliveries of one active webhook, oldest first.
+UPDATE deliveries SET lease_until = :lease_until, lease_token = :token
+WHERE id IN (SELECT id FROM deliveries
+             WHERE webhook_id = :webhook_id AND status = 'pending' AND lease_until IS NULL
+               AND (attempt_count > 0 OR is_test) AND next_attempt_at <= :now
+             ORDER BY next_attempt_at LIMIT :n)
+RETURNING id;
 
--- name: queue_lease
-UPDATE deliveries SET lease_until = :lease_until, lease_token = :token WHERE id = :id;
+-- name: queue_take_tests
+-- Lease up to :n due test deliveries of one paused or suspended webhook, oldest first
+-- (through their own index: ix_deliveries_urgent would walk its held retries too).
+UPDATE deliveries SET lease_until = :lease_until, lease_token = :token
+WHERE id IN (SELECT id FROM deliveries INDEXED BY ix_deliveries_tests
+             WHERE webhook_id = :webhook_id AND is_test AND status = 'pending'
+               AND lease_until IS NULL AND next_attempt_at <= :now
+             ORDER BY next_attempt_at LIMIT :n)
+RETURNING id;
 
 -- name: claim_details
 SELECT d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,

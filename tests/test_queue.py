@@ -1,0 +1,181 @@
+"""Claims (hookd/store/queue.py, SPEC §5 Isolation): what one claim takes, on SQLite and
+PostgreSQL. Fair across organizations and across a busy organization's webhooks, within the
+per-organization and per-webhook caps (test deliveries included), and due retries are not
+held back by a backlog of first attempts. Deliveries are published through the API with no
+worker running and claimed directly, as a worker would.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+from hookd.store import ClaimedDelivery, ClaimRequest
+from hookd.store.queue import allot
+from tests.conftest import Api, run_sql
+
+_tokens = itertools.count(1)
+
+
+async def claim(
+    api: Api,
+    capacity: int,
+    *,
+    worker: str = "host/1/worker-a",
+    per_webhook: int = 10,
+    share: int | None = None,
+    per_org: int | None = 100,
+    org_share: int | None = None,
+) -> list[ClaimedDelivery]:
+    request = ClaimRequest(
+        now=api.store.clock(),
+        capacity=capacity,
+        per_webhook=per_webhook,
+        margin_ms=600_000,
+        token=f"{worker}-{next(_tokens)}",
+        worker=worker,
+        share=share,
+        per_org=per_org,
+        org_share=org_share,
+    )
+    return await api.store.claim(request)
+
+
+async def hooks(api: Api, count: int, key: str | None = None, name: str = "h") -> list[str]:
+    """``count`` webhooks of the key's organization, all on ``post.created``."""
+    made = [
+        await api.create_webhook(key=key, url=f"https://example.com/{name}{i}")
+        for i in range(count)
+    ]
+    return [h["id"] for h in made]
+
+
+async def publish(api: Api, events: int, key: str | None = None) -> None:
+    for _ in range(events):
+        await api.publish(key=key)
+
+
+def by(field: str, claimed: list[ClaimedDelivery]) -> Counter[str]:
+    return Counter(getattr(c, field) for c in claimed)
+
+
+async def test_a_claim_takes_fairly_from_organizations_and_webhooks(api: Api) -> None:
+    busy = await hooks(api, 3)
+    await publish(api, 20)  # 60 deliveries of the default organization
+    first = await claim(api, 8)
+    assert len(first) == 8
+    spread = by("webhook_id", first)
+    assert set(spread) == set(busy) and max(spread.values()) - min(spread.values()) <= 1, (
+        f"a claim takes round robin from an organization's webhooks: {spread}"
+    )
+
+    quiet_key = await api.new_org_key("quiet")
+    [quiet] = await hooks(api, 1, quiet_key, "quiet")
+    await publish(api, 3, quiet_key)
+    [next_one] = await claim(api, 1)
+    assert next_one.webhook_id == quiet, (
+        "the organization with nothing under way gets the next free slot, although the busy "
+        "one's deliveries are older"
+    )
+    more = await claim(api, 4)
+    assert by("webhook_id", more)[quiet] == 2, (
+        "the quiet organization's last two deliveries come before the busy one's 9th and "
+        f"10th attempt under way: {by('webhook_id', more)}"
+    )
+
+
+async def test_an_organization_is_held_to_its_cap_across_workers(api: Api) -> None:
+    await hooks(api, 3)
+    await publish(api, 10)
+    mine = await claim(api, 50, worker="host/1/a", per_org=5, org_share=3)
+    assert len(mine) == 3, "a worker takes its share of the organization's cap"
+    theirs = await claim(api, 50, worker="host/2/b", per_org=5, org_share=3)
+    assert len(theirs) == 2, "the other worker takes what is left of the cap"
+    assert await claim(api, 50, worker="host/3/c", per_org=5) == [], "the cap is reached"
+
+    other_key = await api.new_org_key("other")
+    await hooks(api, 1, other_key, "other")
+    await publish(api, 2, other_key)
+    assert len(await claim(api, 50, worker="host/3/c", per_org=5)) == 2, (
+        "one organization at its cap holds nobody else back"
+    )
+
+
+async def test_test_deliveries_count_against_the_webhook_cap(api: Api) -> None:
+    [paused] = await hooks(api, 1, name="paused")
+    response = await api.patch(f"/v2/webhooks/{paused}", json={"status": "paused"})
+    assert response.status_code == 200, response.text
+    for _ in range(6):
+        assert (await api.post(f"/v2/webhooks/{paused}/test")).status_code == 202
+    taken = await claim(api, 50, per_webhook=2)
+    assert [c.is_test for c in taken] == [True, True], "a paused webhook's tests, within the cap"
+    assert await claim(api, 50, worker="host/2/b", per_webhook=2) == [], (
+        "two test deliveries under way fill the paused webhook's cap for every worker"
+    )
+
+    [active] = await hooks(api, 1, name="active")
+    await publish(api, 3)
+    for _ in range(3):
+        assert (await api.post(f"/v2/webhooks/{active}/test")).status_code == 202
+    taken = await claim(api, 50, per_webhook=4)
+    to_active = [c for c in taken if c.webhook_id == active]
+    assert len(to_active) == 4, "tests and events together within the cap of 4"
+    assert sum(c.is_test for c in to_active) == 2, "test deliveries get up to half the slots"
+
+
+async def _make_retries(api: Api, webhook_id: str, count: int) -> None:
+    """Turn the ``count`` newest deliveries of the webhook into retries that fell due just
+    after every other delivery of it (as after a failed attempt)."""
+    await run_sql(
+        api.store,
+        "UPDATE deliveries SET attempt_count = 1, next_attempt_at = next_attempt_at + 60000"
+        f" WHERE id IN (SELECT id FROM deliveries WHERE webhook_id = '{webhook_id}'"
+        f" ORDER BY next_attempt_at DESC, id DESC LIMIT {count})",
+    )
+    await run_sql(
+        api.store,
+        f"UPDATE deliveries SET next_attempt_at = next_attempt_at - 60000 - 1000"
+        f" WHERE webhook_id = '{webhook_id}'",
+    )
+
+
+async def test_due_retries_get_up_to_half_a_webhooks_slots(api: Api) -> None:
+    [hook] = await hooks(api, 1)
+    await publish(api, 10)
+    await _make_retries(api, hook, 4)
+    taken = await claim(api, 50, per_webhook=4)
+    assert sorted(c.attempt_count for c in taken) == [0, 0, 1, 1], (
+        "two retries, due after the whole backlog, and the two oldest first attempts"
+    )
+    oldest: list[Any] = await run_sql(
+        api.store,
+        f"SELECT id FROM deliveries WHERE webhook_id = '{hook}' AND attempt_count = 0"
+        " ORDER BY next_attempt_at, id LIMIT 2",
+    )
+    assert {c.id for c in taken if c.attempt_count == 0} == {r[0] for r in oldest}
+
+    [only_retries] = await hooks(api, 1, name="retrying")
+    await run_sql(api.store, f"DELETE FROM deliveries WHERE webhook_id = '{hook}'")
+    await publish(api, 4)
+    await _make_retries(api, only_retries, 4)
+    taken = await claim(api, 50, per_webhook=4)
+    assert [c.attempt_count for c in taken if c.webhook_id == only_retries] == [1] * 4, (
+        "with no first attempt due, retries take every slot"
+    )
+
+
+def test_allot_matches_the_rule_of_the_postgresql_claim() -> None:
+    """SQLite's claim splits the slots in Python: by attempts under way after each slot."""
+    heads = [
+        {"webhook_id": "a1", "organization_id": "A", "head": 1},
+        {"webhook_id": "a2", "organization_id": "A", "head": 2},
+        {"webhook_id": "b1", "organization_id": "B", "head": 9},
+    ]
+    leased = [{"webhook_id": "a1", "organization_id": "A", "n": 3, "m": 3}]
+    request = ClaimRequest(0, 6, 5, 0, "w-1", worker="w", per_org=6)
+    takes = {head["webhook_id"]: n for head, n in allot(heads, leased, request)}
+    # A has 3 under way (all on a1) and room for 3 more, which go to a2 (the webhook with
+    # fewer under way): A would then have 4, 5, 6. B has none: 1, 2, 3, 4, 5. Six slots
+    # in that order (ties: the older work first) end with A at 5 and B at 4.
+    assert takes == {"b1": 4, "a2": 2}, takes

@@ -1,0 +1,206 @@
+"""The delivery worker's liveness and shares of the caps (hookd/delivery/worker.py, SPEC §5
+Guarantees), in process, on SQLite and PostgreSQL unless noted.
+
+- Worker ids tell whether a worker of this host (and pid namespace) no longer runs.
+- A worker that starts returns the leases of its dead predecessor on this host at once
+  (not when they expire) and takes its share of the caps at once.
+- A worker elsewhere (liveness unknowable from here) keeps its leases while it heartbeats,
+  and loses them once its heartbeat has lapsed for the worker timeout.
+- The workers' shares of the caps never add up to more than a cap, also while a worker
+  joins or stops; a stopping worker gives its shares back at once, before its last
+  attempts are over.
+- PostgreSQL: a worker cut off from the database stops its attempts before the others take
+  it for dead, so an attempt never runs twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+from hookd.delivery.worker import new_worker_id, ran_here_and_died
+from hookd.server import build_worker
+from hookd.store import ClaimRequest, Peer, Store, open_driver
+from tests.conftest import Api, eventually, make_settings, run_sql
+from tests.receiver import Receiver
+from tests.test_database_unavailable import TcpProxy
+from tests.test_delivery import webhook, worker_for
+
+# Leases that outlive anything a test waits for: only liveness can give them back.
+LONG_LEASE = {"lease_margin": 600}
+
+
+def _gone_pid() -> int:
+    """The pid of a process that ran on this host and has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_worker_ids_tell_which_local_workers_no_longer_run() -> None:
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as running:
+        try:
+            assert not ran_here_and_died(new_worker_id(running.pid)), "it still runs"
+        finally:
+            running.kill()
+    assert ran_here_and_died(new_worker_id(_gone_pid()))
+    assert not ran_here_and_died(new_worker_id()), "this very process"
+    host = socket.gethostname()[:64]
+    elsewhere = new_worker_id(_gone_pid()).replace(host, "another-host", 1)
+    assert not ran_here_and_died(elsewhere), "another host's worker: cannot know, alive"
+    other_space = new_worker_id(_gone_pid()).rsplit("/", 1)[0] + "/00000000abcdef012345"
+    assert not ran_here_and_died(other_space), "another pid namespace (a container): alive"
+    assert not ran_here_and_died("0123456789ab"), "an id of an older hookd"
+    assert not ran_here_and_died(f"{host}/not-a-pid/abc")
+
+
+async def pretend_worker(api: Api, worker_id: str, shares: tuple[int, int] = (10, 100)) -> None:
+    """A heartbeat of another worker, written as that worker would."""
+    me = Peer(worker_id, shares[0], shares[1], False)
+    await api.store.beat(worker_id, 60_000, lambda _peers: me, lambda _id: False)
+
+
+async def leased_to_another_worker(
+    api: Api, receiver: Receiver, worker_id: str, events: int, shares: tuple[int, int]
+) -> None:
+    """``events`` deliveries to one webhook, claimed (for 10 minutes) by another worker
+    that has just recorded a heartbeat with ``shares`` of the caps."""
+    await webhook(api, receiver)
+    for _ in range(events):
+        await api.publish()
+    await pretend_worker(api, worker_id, shares)
+    request = ClaimRequest(api.store.clock(), 50, 10, 600_000, f"{worker_id}-1", worker=worker_id)
+    assert len(await api.store.claim(request)) == events
+
+
+async def leases_of(api: Api, worker_id: str) -> int:
+    prefix = f"{worker_id}-"
+    [(count,)] = await run_sql(
+        api.store,
+        f"SELECT count(*) FROM deliveries WHERE substr(lease_token, 1, {len(prefix)}) = '{prefix}'",
+    )
+    return int(count)
+
+
+async def registered(api: Api, worker_id: str) -> bool:
+    return bool(await run_sql(api.store, f"SELECT id FROM workers WHERE id = '{worker_id}'"))
+
+
+async def test_a_worker_takes_back_its_dead_predecessors_leases_at_start(
+    api: Api, receiver: Receiver
+) -> None:
+    dead = new_worker_id(_gone_pid())  # killed with SIGKILL: its heartbeat still looks recent
+    await leased_to_another_worker(api, receiver, dead, 3, (10, 100))
+    async with worker_for(api, **LONG_LEASE) as worker:
+        assert await leases_of(api, dead) == 0, (
+            "the dead predecessor's leases are returned at start, not when they expire"
+        )
+        assert not await registered(api, dead)
+        assert (worker.me.webhook_share, worker.me.org_share) == (10, 100), (
+            "the whole of both caps at once: the dead worker's shares are free"
+        )
+        arrived = await receiver.wait_for(3)
+    assert len({r.header("webhook-id") for r in arrived}) == 3
+
+
+async def test_a_worker_elsewhere_is_dead_only_once_its_heartbeat_lapsed(
+    api: Api, receiver: Receiver
+) -> None:
+    other = "another-host/1/00000000aabbccddeeff"
+    await leased_to_another_worker(api, receiver, other, 2, (5, 50))
+    async with worker_for(api, worker_timeout=2.0, **LONG_LEASE) as worker:
+        # While the other worker heartbeats (here for twice the timeout), its attempts
+        # could still be running: nothing is sent again, and its shares are respected.
+        for _ in range(20):
+            await pretend_worker(api, other, (5, 50))
+            await asyncio.sleep(0.2)
+        assert receiver.requests == [], "sent again while its worker still heartbeats"
+        assert (worker.me.webhook_share, worker.me.org_share) == (5, 50)
+        # Its heartbeats stop: it is dead once they have lapsed for the worker timeout.
+        arrived = await receiver.wait_for(2, timeout=10)
+        assert await leases_of(api, other) == 0 and not await registered(api, other)
+        await eventually(lambda: worker.me.webhook_share == 10 and worker.me.org_share == 100)
+    assert len({r.header("webhook-id") for r in arrived}) == 2
+
+
+async def test_shares_never_add_up_to_more_than_the_caps(
+    api: Api, receiver: Receiver, database_url: str
+) -> None:
+    settings = make_settings(
+        database_url, max_in_flight_per_webhook=5, max_in_flight_per_org=7, worker_timeout=2.0
+    )
+    receiver.behave("/slow", delay=1.5)
+    await webhook(api, receiver, "/slow")
+    workers = [build_worker(settings, api.store) for _ in range(2)]
+    sums: list[tuple[int, int]] = []
+
+    def fair() -> bool:
+        sums.append(
+            (sum(w.me.webhook_share for w in workers), sum(w.me.org_share for w in workers))
+        )
+        return {(w.me.webhook_share, w.me.org_share) for w in workers} == {(3, 4), (2, 3)}
+
+    stopped: list[asyncio.Task[None]] = []
+    try:
+        await workers[0].start()
+        assert (workers[0].me.webhook_share, workers[0].me.org_share) == (5, 7)
+        await workers[1].start()
+        assert fair() is False, "a worker that joins starts with what the others leave"
+        await eventually(fair, interval=0.001)
+
+        # The worker with an attempt under way stops: its shares come back to the other at
+        # once, not after its last attempt.
+        await api.publish()
+        await receiver.wait_for(1, "/slow")
+        holder, other = workers if await leases_of(api, workers[0].worker_id) else workers[::-1]
+        stopped.append(asyncio.create_task(holder.stop(grace=5.0)))
+        await eventually(lambda: (other.me.webhook_share, other.me.org_share) == (5, 7))
+        assert not stopped[0].done(), "the shares came back before the attempt was over"
+        stopped.append(asyncio.create_task(other.stop(grace=2.0)))
+    finally:
+        if not stopped:
+            stopped = [asyncio.create_task(w.stop(grace=2.0)) for w in workers]
+        await asyncio.gather(*stopped)
+    assert max(w for w, _o in sums) <= 5 and max(o for _w, o in sums) <= 7, sums
+    assert len(receiver.on("/slow")) == 1, "the attempt under way at the stop was finished"
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+async def test_a_worker_cut_off_from_the_database_stops_its_attempts_first(
+    api: Api, receiver: Receiver, database_url: str
+) -> None:
+    """The worker cut off stops its attempt after half the worker timeout; the other worker
+    takes it for dead after the whole timeout and sends it again: never two at once."""
+    settings = {"worker_timeout": 2.0, **LONG_LEASE}
+    receiver.behave("/slow", delay=20)
+    await webhook(api, receiver, "/slow", requestConfig={"timeoutMs": 30000})
+    url = urllib.parse.urlsplit(database_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
+    cut_off_store = Store(open_driver(proxied, pool_size=2))
+    await cut_off_store.start()
+    cut_off = build_worker(make_settings(proxied, **settings), cut_off_store)
+    try:
+        await cut_off.start()
+        await api.publish()
+        [first] = await receiver.wait_for(1, "/slow")
+        async with worker_for(api, **settings):
+            await proxy.stop()
+            [_first, again] = await receiver.wait_for(2, "/slow", timeout=15)
+            assert again.header("webhook-id") == first.header("webhook-id")
+            assert receiver.max_active["/slow"] == 1, (
+                "the first attempt was still open when the delivery was sent again"
+            )
+            await proxy.start()  # back in touch: the cut-off worker claims again
+            await eventually(lambda: cut_off.in_touch, timeout=10)
+    finally:
+        await cut_off.stop(grace=1.0)
+        await cut_off_store.close()
+        if proxy._server is not None:
+            await proxy.stop()
