@@ -85,6 +85,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from hookd.errors import AddressRefused
+from hookd.settings import parse_network
 
 if TYPE_CHECKING:
     from aiohttp.connector import Connection
@@ -230,12 +231,9 @@ def parse_networks(text: str) -> list[IPNetwork]:
         if not entry:
             continue
         try:
-            networks.append(ipaddress.ip_network(entry, strict=True))
+            networks.append(parse_network(entry))
         except ValueError as exc:
-            raise ValueError(
-                f"HOOKD_ALLOWED_NETWORKS: {entry!r} is not a network in CIDR notation "
-                f"(like 10.0.0.0/8 or fd00::/8): {exc}"
-            ) from None
+            raise ValueError(f"HOOKD_ALLOWED_NETWORKS: {exc}") from None
     return networks
 
 
