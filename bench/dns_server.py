@@ -110,7 +110,9 @@ class DnsServer(asyncio.DatagramProtocol):
         parsed = _question(data)
         if parsed is None:
             if len(data) >= 2:
-                self.transport.sendto(data[:2] + struct.pack("!HHHHH", 0x8000 | _FORMERR, 0, 0, 0, 0), addr)
+                self.transport.sendto(
+                    data[:2] + struct.pack("!HHHHH", 0x8000 | _FORMERR, 0, 0, 0, 0), addr
+                )
             return
         name, qtype, end = parsed
         self.questions[name] += 1

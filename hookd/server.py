@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from hookd.api import create_app
 from hookd.clock import Clock, system_clock
 from hookd.delivery.guard import AddressGuard
+from hookd.delivery.resolver import Resolver
 from hookd.delivery.sender import Sender
 from hookd.delivery.worker import Worker, WorkerConfig
 from hookd.errors import HookdError
@@ -40,7 +41,7 @@ def open_driver_for(settings: Settings) -> Driver:
 def build_worker(settings: Settings, store: Store, clock: Clock = system_clock) -> Worker:
     """The delivery worker that ``hookd serve`` and ``hookd worker`` run."""
     sender = Sender(
-        AddressGuard(settings.allowed_networks),
+        AddressGuard(settings.allowed_networks, dns=Resolver(settings.dns_servers)),
         max_connections=settings.worker_concurrency,
         clock=clock,
     )
