@@ -237,14 +237,16 @@ def create_app(
     @app.get(
         "/readyz",
         tags=["Operations"],
-        summary="The database is reachable",
+        summary="The database accepts a write",
         responses={
             200: {"model": StatusOut},
             503: {"model": ErrorOut, "description": "Database unavailable"},
         },
     )
     async def readyz() -> Response:
-        await store.ping()
+        # A real write, not a read: a full disk or a read-only database still answers
+        # reads, and a load balancer must stop sending traffic that would get 503s.
+        await store.check_ready()
         return JSONResponse({"status": "ready"})
 
     @app.get(
