@@ -20,6 +20,7 @@ from hookd.delivery.resolver import Resolver
 from hookd.delivery.sender import Sender
 from hookd.delivery.worker import Worker, WorkerConfig
 from hookd.errors import HookdError
+from hookd.limits import LimitedHttpToolsProtocol
 from hookd.logs import configure_logging, get_logger
 from hookd.settings import DEFAULT_API_VERSION, Settings, database_problem
 from hookd.store import Driver, Store, open_driver
@@ -120,7 +121,8 @@ def run_server(settings: Settings, *, api: bool, worker: bool, bootstrap: bool) 
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools with SPEC §7's header size and header time limits (hookd/limits.py).
+        http=LimitedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,
