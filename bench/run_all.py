@@ -68,6 +68,7 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("latency-postgres", "latency.py", ("--db", "postgres")),
     Bench("backlog", "backlog.py", ("--mode", "serve"), full_timeout=3600.0),
     Bench("failure-sqlite", "failure.py", ("--db", "sqlite")),
+    Bench("noisy-neighbour-sqlite", "noisy_neighbour.py", ("--db", "sqlite")),
     Bench("listing", "listing.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
     Bench("helper-thread", "helper_thread.py"),
