@@ -14,18 +14,18 @@ the application sees the request:
   SPEC error shape and closes the connection.
 * **Time.** From the moment a connection opens, and again from each response, the client
   has 10 s to send a complete header block. If it has not, hookd answers ``408`` (when part
-  of a request came) and closes the connection; an idle keep-alive connection is closed
-  earlier by uvicorn's own keep-alive timeout.
+  of a request came) and closes the connection, within half a second of the deadline (one
+  sweep over the server's connections twice a second); an idle keep-alive connection is
+  closed earlier by uvicorn's own keep-alive timeout.
 
-The cost per request is one timer armed and cancelled and a byte count per read; it was
-chosen over h11's limits (h11 parses in Python: far slower) by counting instructions
-(README, "Limits and isolation").
+The cost per request is a byte count per read and a clock reading per response; it was
+chosen over h11's limits (h11 parses in Python: far slower) and over a timer per request by
+counting instructions (README, "Design decisions").
 """
 
 from __future__ import annotations
 
 import asyncio
-from asyncio import TimerHandle
 from typing import Any
 
 import orjson
@@ -38,6 +38,7 @@ __all__ = ["HEADER_TIMEOUT", "MAX_HEADER_BYTES", "LimitedHttpToolsProtocol"]
 
 MAX_HEADER_BYTES = 16 * 1024
 HEADER_TIMEOUT = 10.0
+_NEVER = float("inf")
 # What a request line adds to the URL and the version: "GET ", " HTTP/1.1\r\n" and the
 # blank line ending the block. Each header adds ": " and "\r\n".
 _LINE_OVERHEAD = 24
@@ -73,6 +74,24 @@ _TOO_SLOW = _error_bytes(
 )
 
 
+def _sweep(server_state: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Every :data:`_SWEEP_EVERY` s: cut off the connections of this server whose header
+    block is late. One timer per server, not one per request: a request then costs a clock
+    reading, not a timer armed and cancelled."""
+    now = loop.time()
+    for connection in list(server_state.connections):
+        if (
+            isinstance(connection, LimitedHttpToolsProtocol)
+            and connection._in_head
+            and connection._head_deadline < now
+        ):
+            connection._head_timed_out()
+    server_state._hookd_sweeper = loop.call_later(_SWEEP_EVERY, _sweep, server_state, loop)
+
+
+_SWEEP_EVERY = 0.5
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with SPEC §7's header size and header time limits."""
 
@@ -80,18 +99,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0
-        self._head_timer: TimerHandle | None = None
+        self._head_deadline = 0.0
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_timer = self.loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
+        self._head_deadline = self.loop.time() + HEADER_TIMEOUT
+        if getattr(self.server_state, "_hookd_sweeper", None) is None:
+            self.server_state._hookd_sweeper = self.loop.call_later(  # type: ignore[attr-defined]
+                _SWEEP_EVERY, _sweep, self.server_state, self.loop
+            )
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -112,23 +129,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(_TOO_LARGE)
             return
         self._in_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
         super().on_message_complete()
-        # What comes next on this connection is the next request's header block.
+        # What comes next on this connection is the next request's header block, counted
+        # from now (a pipelined one must not slip past the size limit) and timed from the
+        # response (below); until then the deadline cannot pass.
         self._in_head = True
         self._head_bytes = 0
+        self._head_deadline = _NEVER
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self._head_timer is None:
-            self._head_timer = self.loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
+        self._head_deadline = self.loop.time() + HEADER_TIMEOUT
 
     def _head_size(self) -> int:
         return (
@@ -138,10 +154,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         if self.transport.is_closing():
             return
-        if self._in_head and self._head_bytes:
+        if self._head_bytes:
             self._refuse(_TOO_SLOW)
         else:
             self._refused = True
@@ -149,8 +164,5 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, response: bytes) -> None:
         self._refused = True
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
         self.transport.write(response)
         self.transport.close()

@@ -82,10 +82,14 @@ async def test_an_altered_cursor_is_refused(api: Api, populated: dict[str, Any])
     payload, _, tag = cursor.partition(".")
     # A well-formed cursor pointing elsewhere, with the old tag: the position is forged.
     forged = base64.urlsafe_b64encode(b'["ffffffffffffffffffffffff"]').rstrip(b"=").decode()
-    flipped = tag[:-1] + ("A" if tag[-1] != "A" else "B")
+    # One character changed at the start and one at the end (whose low bits base64 leaves
+    # unused: another spelling of the same bytes is an alteration too).
+    flipped = ("A" if tag[0] != "A" else "B") + tag[1:]
+    respelled = tag[:-1] + ("A" if tag[-1] != "A" else "B")
     for bad, why in [
         (f"{forged}.{tag}", "a forged position"),
         (f"{payload}.{flipped}", "an altered tag"),
+        (f"{payload}.{respelled}", "a respelled tag"),
         (payload, "no tag"),
         (f"{payload}.", "an empty tag"),
         (f"{payload}={tag}", "a stray character"),

@@ -89,7 +89,12 @@ def _b64(raw: bytes) -> str:
 def _unb64(text: str) -> bytes:
     if not text or "=" in text:
         raise ValueError("not unpadded base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # The last character may carry unused bits: only the one spelling this code makes is
+    # accepted, so that no altered cursor decodes to the same bytes.
+    if _b64(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 class Cursors:

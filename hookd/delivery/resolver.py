@@ -209,6 +209,8 @@ class Resolver:
                     max(0.001, flight.deadline - loop.time()),
                 )
             except TimeoutError:
+                if loop.time() < flight.deadline:
+                    continue  # an attempt with more time joined meanwhile
                 break
             except aiodns.error.DNSError as exc:
                 status = exc.args[0] if exc.args else None

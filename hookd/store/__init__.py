@@ -95,11 +95,14 @@ class Store:
         await self.driver.write(instance.touch_readiness(self.clock()))
 
     async def cursor_key(self) -> bytes:
-        """The key that signs list cursors, the same for every process of the installation;
-        the first process to ask creates it."""
-        stored = await self.driver.write(
-            instance.named_secret("cursor_key", secrets.token_hex(32), self.clock())
-        )
+        """The key that signs list cursors, the same for every process of the installation.
+        Migration 0004 makes it, so reading it is enough (a database that refuses writes
+        still pages); should the row be gone, the first process to ask makes a new one."""
+        stored = await self.driver.read(instance.named_value("cursor_key"))
+        if stored is None:
+            stored = await self.driver.write(
+                instance.named_secret("cursor_key", secrets.token_hex(32), self.clock())
+            )
         return bytes.fromhex(stored)
 
     # Organizations and API keys.

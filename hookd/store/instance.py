@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from hookd.store.queries import Op, run, value
 
-__all__ = ["named_secret", "touch_readiness"]
+__all__ = ["named_secret", "named_value", "touch_readiness"]
+
+
+def named_value(name: str) -> Op[str | None]:
+    """The value stored under ``name``, if any."""
+    stored = yield value("state_get", name=name)
+    return None if stored is None else str(stored)
 
 
 def named_secret(name: str, candidate: str, now: int) -> Op[str]:
