@@ -34,8 +34,10 @@ _TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    431: "invalid_request_error",
     401: "authentication_error",
     429: "rate_limit_error",
 }
@@ -88,9 +90,17 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         405,
         "a method the path does not take (the Allow header lists those it does)",
     ),
+    "request_timeout": (
+        408,
+        "the request's header block did not arrive within 10 s (the connection is closed)",
+    ),
     "body_too_large": (413, "a body over 256 KiB"),
     "content_type_unsupported": (415, "a body that is not sent as application/json"),
     "rate_limited": (429, "the API key's requests of this minute are used up (see Retry-After)"),
+    "headers_too_large": (
+        431,
+        "the request line and headers are over 16 KiB (the connection is closed)",
+    ),
     "internal_error": (500, "a fault of hookd (it is logged)"),
     "database_unavailable": (503, "the database cannot be reached; retry shortly"),
 }

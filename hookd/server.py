@@ -16,9 +16,11 @@ from fastapi import FastAPI
 from hookd.api import create_app
 from hookd.clock import Clock, system_clock
 from hookd.delivery.guard import AddressGuard
+from hookd.delivery.resolver import Resolver
 from hookd.delivery.sender import Sender
 from hookd.delivery.worker import Worker, WorkerConfig
 from hookd.errors import HookdError, SettingsError
+from hookd.limits import LimitedHttpToolsProtocol
 from hookd.logs import configure_logging, get_logger
 from hookd.settings import DEFAULT_API_VERSION, Settings, database_location, database_problem
 from hookd.store import Driver, Store, open_driver
@@ -40,7 +42,7 @@ def open_driver_for(settings: Settings) -> Driver:
 def build_worker(settings: Settings, store: Store, clock: Clock = system_clock) -> Worker:
     """The delivery worker that ``hookd serve`` and ``hookd worker`` run."""
     sender = Sender(
-        AddressGuard(settings.allowed_networks),
+        AddressGuard(settings.allowed_networks, dns=Resolver(settings.dns_servers)),
         max_connections=settings.worker_concurrency,
         clock=clock,
     )
@@ -179,7 +181,8 @@ def run_server(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools with SPEC §7's header size and header time limits (hookd/limits.py).
+        http=LimitedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -23,6 +23,8 @@ __all__ = [
     "database_location",
     "database_problem",
     "load_settings",
+    "parse_dns_server",
+    "parse_network",
 ]
 
 DEFAULT_API_VERSION = "2026-01-01.nova"
@@ -31,6 +33,56 @@ API_VERSIONS = ("2026-01-01.nova", "2025-12-12.clover")
 WEBHOOKS_SINCE = "2026-01-01.nova"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(entry: str) -> Network:
+    """One ``HOOKD_ALLOWED_NETWORKS`` entry: a CIDR network, or a bare address (``/32``,
+    ``/128``). Raises :class:`ValueError` naming the entry. A network with host bits set
+    (``10.0.0.1/8``) is refused rather than widened: the operator may have meant the one
+    address or the whole network, and guessing wrong exempts far more than was written."""
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        pass
+    try:
+        widened = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{entry!r} is not a network in CIDR notation (like 10.0.0.0/8 or fd00::/8)"
+        ) from None
+    address = entry.partition("/")[0]
+    raise ValueError(
+        f"{entry!r} is not a network: it has host bits set; write {widened} for the whole "
+        f"network or {address}/{widened.max_prefixlen} for the one address"
+    )
+
+
+def parse_dns_server(entry: str) -> str:
+    """One ``HOOKD_DNS_SERVERS`` entry, ``address[:port]`` (``[v6]:port`` for IPv6), as
+    ``address:port`` with the port made explicit (53 by default). Raises :class:`ValueError`
+    naming the entry. Only addresses: a name server given by name would need a resolver."""
+    host, port_text = entry, ""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                host = ""
+            port_text = rest[1:]
+    elif entry.count(":") == 1:
+        host, _, port_text = entry.partition(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{entry!r} is not a name server address; use address[:port], e.g. "
+            "10.0.0.2, 127.0.0.1:5353 or [fd00::53]:53"
+        ) from None
+    port = 53
+    if port_text or entry.endswith(":"):
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{entry!r} has an invalid port; use a port from 1 to 65535")
+        port = int(port_text)
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 class Settings(BaseSettings):
@@ -48,6 +100,7 @@ class Settings(BaseSettings):
     max_in_flight_per_org: int = Field(100, ge=1, le=1_000_000)
     allow_http: bool = False
     allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
+    dns_servers: Annotated[tuple[str, ...], NoDecode] = ()
     retention_days: int = Field(30, ge=1, le=36_500)
     rate_limit: int = Field(2000, ge=0, le=100_000_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -110,16 +163,15 @@ class Settings(BaseSettings):
     @classmethod
     def _networks(cls, value: Any) -> Any:
         if isinstance(value, str):
-            nets = []
-            for part in (p.strip() for p in value.split(",")):
-                if not part:
-                    continue
-                try:
-                    nets.append(ipaddress.ip_network(part, strict=False))
-                except ValueError:
-                    raise ValueError(f"{part!r} is not a CIDR network such as 10.0.0.0/8") from None
-            return tuple(nets)
+            return tuple(parse_network(part) for part in _entries(value))
         return value
+
+    @field_validator("dns_servers", mode="before")
+    @classmethod
+    def _dns_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(parse_dns_server(part) for part in _entries(value))
+        return tuple(parse_dns_server(str(part)) for part in value)
 
     @property
     def is_sqlite(self) -> bool:
@@ -139,6 +191,11 @@ def database_location(settings: Settings) -> str:
     credentials, at, place = rest.rpartition("@")
     user = credentials.partition(":")[0]
     return f"{scheme}://{user}{at}{place}"
+
+
+def _entries(text: str) -> list[str]:
+    """The non-blank entries of a comma-separated setting."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def database_problem(settings: Settings, exc: BaseException) -> str:

@@ -517,6 +517,8 @@ INVALID_SETTINGS = [
     ("HOOKD_PORT", "abc"),
     ("HOOKD_RETRY_SCHEDULE", "1,x"),
     ("HOOKD_ALLOWED_NETWORKS", "nonsense"),
+    ("HOOKD_ALLOWED_NETWORKS", "10.0.0.1/8"),
+    ("HOOKD_DNS_SERVERS", "dns.example.com"),
     ("HOOKD_LOG_FORMAT", "xml"),
     ("HOOKD_DATABASE_URL", "mysql://x"),
     ("HOOKD_DATABASE_URL", "postgresql://hookd@db:notaport/hookd"),

@@ -27,7 +27,7 @@ import pytest
 from hookd.api import create_app
 from hookd.settings import DEFAULT_API_VERSION
 from hookd.store import Store, open_driver
-from tests.conftest import make_settings
+from tests.conftest import admin_sql, make_settings
 
 NOVA = "2026-01-01.nova"
 VALID_BODY: dict[str, Any] = {
@@ -432,3 +432,45 @@ async def test_sqlite_file_replaced_under_a_running_hookd(
     assert ready.status_code != 500 and write.status_code != 500
     assert_unavailable(ready)
     assert_unavailable(write)
+
+
+async def _refuse_writes(store: Store, database_url: str, refuse: bool) -> None:
+    """Make the database refuse writes (or take them again) while reads still work: what a
+    read-only file, a full disk or a read-only replica does."""
+    if store.dialect == "sqlite":
+        # The error SQLite gives for a read-only database file, on hookd's own writer
+        # connection (permissions cannot show it: the tests may run as root).
+        writer: sqlite3.Connection = store.driver._writer  # type: ignore[attr-defined]
+        writer.execute(f"PRAGMA query_only={'ON' if refuse else 'OFF'}")
+        return
+    name = urllib.parse.urlsplit(database_url).path.lstrip("/")
+    setting = (
+        "SET default_transaction_read_only = on"
+        if refuse
+        else "RESET default_transaction_read_only"
+    )
+    # From another database: this one may already refuse ALTER DATABASE itself.
+    await admin_sql(f'ALTER DATABASE "{name}" {setting}')
+    # Sessions take the database's settings when they start: the pool reconnects.
+    await _terminate_backends(database_url)
+
+
+async def test_readyz_is_503_while_the_database_refuses_writes(
+    database_url: str, store: Store
+) -> None:
+    key = await store.bootstrap(10, DEFAULT_API_VERSION)
+    assert key is not None
+    auth = {"Authorization": f"Bearer {key}"}
+    async with client_for(database_url, store) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        await _refuse_writes(store, database_url, True)
+        try:
+            assert_unavailable(await client.get("/readyz"))
+            listed = await client.get("/v2/webhooks", headers=auth)
+            assert listed.status_code == 200, (
+                "reads still work, which is why /readyz must try a write: " + listed.text
+            )
+            assert_unavailable(await client.post("/v2/webhooks", headers=auth, json=VALID_BODY))
+        finally:
+            await _refuse_writes(store, database_url, False)
+        assert (await client.get("/readyz")).status_code == 200, "ready again once writes work"

@@ -121,6 +121,14 @@ VALID: list[tuple[str, str, str, Any]] = [
     ),
     ("HOOKD_ALLOWED_NETWORKS", "127.0.0.1", "allowed_networks", (V4("127.0.0.1/32"),)),
     ("HOOKD_ALLOWED_NETWORKS", "::1/128", "allowed_networks", (V6("::1/128"),)),
+    ("HOOKD_DNS_SERVERS", "", "dns_servers", ()),
+    ("HOOKD_DNS_SERVERS", "10.0.0.2", "dns_servers", ("10.0.0.2:53",)),
+    (
+        "HOOKD_DNS_SERVERS",
+        "127.0.0.1:5353, [fd00::53]:5300,::1",
+        "dns_servers",
+        ("127.0.0.1:5353", "[fd00::53]:5300", "[::1]:53"),
+    ),
     ("HOOKD_RETENTION_DAYS", "1", "retention_days", 1),
     ("HOOKD_RETENTION_DAYS", "365", "retention_days", 365),
     ("HOOKD_RATE_LIMIT", "0", "rate_limit", 0),
@@ -199,6 +207,12 @@ INVALID: list[tuple[str, str]] = [
     ("HOOKD_ALLOWED_NETWORKS", "10.0.0.0/33"),
     ("HOOKD_ALLOWED_NETWORKS", "10.0.0.0/8,bogus"),
     ("HOOKD_ALLOWED_NETWORKS", "300.1.1.1/32"),
+    ("HOOKD_ALLOWED_NETWORKS", "10.0.0.1/8"),
+    ("HOOKD_DNS_SERVERS", "dns.example.com"),
+    ("HOOKD_DNS_SERVERS", "127.0.0.1:0"),
+    ("HOOKD_DNS_SERVERS", "127.0.0.1:99999"),
+    ("HOOKD_DNS_SERVERS", "127.0.0.1:"),
+    ("HOOKD_DNS_SERVERS", "[::1]x"),
     ("HOOKD_RETENTION_DAYS", "0"),
     ("HOOKD_RETENTION_DAYS", "-1"),
     ("HOOKD_RETENTION_DAYS", "a week"),
@@ -235,6 +249,25 @@ def test_every_setting_is_covered_here() -> None:
     fields = set(Settings.model_fields)
     assert fields == {field for _, _, field, _ in VALID}
     assert {f"HOOKD_{field.upper()}" for field in fields} == {v for v, _ in INVALID}
+
+
+@pytest.mark.parametrize(
+    ("raw", "entry", "hint"),
+    [
+        ("10.0.0.1/8", "'10.0.0.1/8'", "10.0.0.0/8"),
+        ("127.0.0.0/8, 192.168.1.7/16", "'192.168.1.7/16'", "192.168.0.0/16"),
+        ("fd00::1/8", "'fd00::1/8'", "fd00::/8"),
+    ],
+)
+def test_an_allowed_network_with_host_bits_set_is_an_error_naming_it(
+    clean_env: pytest.MonkeyPatch, raw: str, entry: str, hint: str
+) -> None:
+    message = settings_error(clean_env, HOOKD_ALLOWED_NETWORKS=raw)
+    assert message.startswith("HOOKD_ALLOWED_NETWORKS: "), message
+    assert entry in message and "host bits" in message, (
+        f"the message names the entry {entry} and says what is wrong: {message}"
+    )
+    assert hint in message, f"the message suggests {hint}: {message}"
 
 
 def test_the_first_of_several_invalid_values_is_named(clean_env: pytest.MonkeyPatch) -> None:

@@ -263,14 +263,16 @@ def create_app(
         tags=["Operations"],
         **operation(
             "getReadiness",
-            "The database accepts work",
+            "The database accepts a write",
             ok=(200, StatusOut, "Ready"),
             errors=(503,),
             secured=False,
         ),
     )
     async def readyz() -> Response:
-        await store.ping()
+        # A real write, not a read: a full disk or a read-only database still answers
+        # reads, and a load balancer must stop sending traffic that would get 503s.
+        await store.check_ready()
         return JSONResponse({"status": "ready"})
 
     @app.get(

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from hookd.api.auth import Principal, authenticate
 from hookd.api.events import encode_data
-from hookd.api.pagination import Cursor, decode_cursor, page
+from hookd.api.pagination import Cursor, ListScope, cursors_for, page
 from hookd.api.render import JSONResponse, attempt_json, delivery_json
 from hookd.api.routing import HookdRoute
 from hookd.api.schemas import (
@@ -102,10 +102,11 @@ async def list_deliveries(
     status: Annotated[DeliveryStatus | None, WithJsonSchema(component("DeliveryStatus"))] = None,
 ) -> Response:
     webhook = await load_webhook(request, principal, id)
-    list_name = f"deliveries:{webhook.id}"
-    before = decode_cursor(list_name, cursor)
+    scope = ListScope.of("deliveries", principal.organization.id, webhook=webhook.id, status=status)
+    cursors = await cursors_for(request)
+    before = cursors.decode_id(scope, cursor)
     found = await _store(request).list_deliveries(webhook.id, status, before, limit + 1)
-    return JSONResponse(page(list_name, found, limit, delivery_json, lambda d: d.id))
+    return JSONResponse(page(cursors, scope, found, limit, delivery_json, lambda d: (d.id,)))
 
 
 @router.get(

@@ -86,6 +86,7 @@ _STATUS_TEXT = {
     403: "Forbidden",
     404: "No such object (or another organization's)",
     405: "Method not allowed",
+    408: "Request headers not received within 10 s",
     413: "Body over 256 KiB",
     415: "Body not sent as application/json",
     429: "Rate limit reached",
@@ -256,7 +257,9 @@ def webhook_id_param(value: str, kind: str = "webhook") -> str:
 
 
 def _error_statuses(op: Operation, method: str, path: str) -> list[int]:
-    statuses = set(op.errors)
+    # Any request can be too slow or too large in its headers (hookd/limits.py answers
+    # before routing), so every operation lists both.
+    statuses = set(op.errors) | {408, 431}
     if op.secured:
         statuses |= {400, 401, 429, 503}
     if "{" in path:
@@ -278,7 +281,8 @@ def _header_ref(name: str, *, required: bool) -> dict[str, Any]:
 
 def _headers_for(op: Operation, status: int | str) -> dict[str, Any]:
     headers = {"Featurebase-Version": _header_ref("Featurebase-Version", required=True)}
-    if op.secured and status != 401:
+    # 401s and the protocol's own 408/431 answers come before any key is counted.
+    if op.secured and status not in (401, 408, 431):
         headers.update({name: _header_ref(name, required=False) for name in _RATE_HEADERS})
     if status == 429:
         headers["Retry-After"] = _header_ref("Retry-After", required=True)

@@ -9,7 +9,7 @@ from pydantic import MISSING, WithJsonSchema
 from starlette.responses import Response
 
 from hookd.api.auth import Principal, authenticate
-from hookd.api.pagination import Cursor, decode_cursor, page
+from hookd.api.pagination import Cursor, ListScope, cursors_for, page
 from hookd.api.render import JSONResponse, webhook_json
 from hookd.api.routing import HookdRoute
 from hookd.api.schemas import (
@@ -88,11 +88,13 @@ async def list_webhooks(
         Literal["active", "paused", "suspended"] | None, WithJsonSchema(component("WebhookStatus"))
     ] = None,
 ) -> Response:
-    before = decode_cursor("webhooks", cursor)
+    scope = ListScope.of("webhooks", principal.organization.id, status=status)
+    cursors = await cursors_for(request)
+    before = cursors.decode_id(scope, cursor)
     found = await _store(request).list_webhooks(
         principal.organization.id, status, before, limit + 1
     )
-    return JSONResponse(page("webhooks", found, limit, webhook_json, lambda w: w.id))
+    return JSONResponse(page(cursors, scope, found, limit, webhook_json, lambda w: (w.id,)))
 
 
 @router.post(

@@ -74,7 +74,6 @@ guard judges the proxy's address; the target is then the proxy's business.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from collections import deque
@@ -84,7 +83,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from hookd.delivery.resolver import LookupFailed, Resolver
 from hookd.errors import AddressRefused
+from hookd.settings import parse_network
 
 if TYPE_CHECKING:
     from aiohttp.connector import Connection
@@ -98,7 +99,6 @@ __all__ = [
     "IPAddress",
     "IPNetwork",
     "StaticDnsBackend",
-    "SystemDnsBackend",
     "literal_address",
     "make_connector",
     "parse_networks",
@@ -230,12 +230,9 @@ def parse_networks(text: str) -> list[IPNetwork]:
         if not entry:
             continue
         try:
-            networks.append(ipaddress.ip_network(entry, strict=True))
+            networks.append(parse_network(entry))
         except ValueError as exc:
-            raise ValueError(
-                f"HOOKD_ALLOWED_NETWORKS: {entry!r} is not a network in CIDR notation "
-                f"(like 10.0.0.0/8 or fd00::/8): {exc}"
-            ) from None
+            raise ValueError(f"HOOKD_ALLOWED_NETWORKS: {exc}") from None
     return networks
 
 
@@ -268,7 +265,9 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Addres
 
 
 class DnsBackend(Protocol):
-    """Where the guard gets DNS answers from."""
+    """Where the guard gets DNS answers from: :class:`hookd.delivery.resolver.Resolver`,
+    or :class:`StaticDnsBackend` in tests. A backend with an async ``close()`` is closed
+    with the guard."""
 
     async def lookup(self, host: str, port: int) -> list[str]:
         """The IP addresses ``host`` resolves to, as strings.
@@ -276,28 +275,6 @@ class DnsBackend(Protocol):
         Raises :class:`socket.gaierror` when the name does not resolve.
         """
         ...
-
-
-class SystemDnsBackend:
-    """The operating system's resolver, through ``loop.getaddrinfo`` (as aiohttp's default)."""
-
-    async def lookup(self, host: str, port: int) -> list[str]:
-        """Resolve ``host`` with ``getaddrinfo``; IPv6 link-local answers keep their zone."""
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
-        )
-        answers: list[str] = []
-        for family, _, _, _, sockaddr in infos:
-            if family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            address = str(sockaddr[0])
-            # A link-local answer is useless without its interface, so carry the
-            # scope id in the string (fe80::1%2), which the socket layer understands.
-            if len(sockaddr) == 4 and sockaddr[3] and "%" not in address:
-                address = f"{address}%{sockaddr[3]}"
-            answers.append(address)
-        return answers
 
 
 class StaticDnsBackend:
@@ -337,10 +314,16 @@ class AddressGuard:
         self, allowed_networks: Sequence[IPNetwork] = (), dns: DnsBackend | None = None
     ) -> None:
         self.allowed_networks: tuple[IPNetwork, ...] = tuple(allowed_networks)
-        self.dns: DnsBackend = dns if dns is not None else SystemDnsBackend()
+        self.dns: DnsBackend = dns if dns is not None else Resolver()
         # check_literal runs before every request (keep-alive ones included); a host's
         # verdict never changes for this guard, so it is worked out once.
         self._verdicts: dict[str, IPAddress | AddressRefused | None] = {}
+
+    async def close(self) -> None:
+        """Close the DNS backend, if it has anything to release."""
+        close = getattr(self.dns, "close", None)
+        if close is not None:
+            await close()
 
     def _exempt(self, ip: IPAddress) -> bool:
         return any(ip in network for network in self.allowed_networks)
@@ -420,6 +403,8 @@ class AddressGuard:
         else:
             try:
                 answers = await self.dns.lookup(host, port)
+            except LookupFailed:
+                raise  # already says what happened, for lastStatus.message
             except socket.gaierror as exc:
                 raise socket.gaierror(
                     exc.errno, f"Could not resolve host {host}: {exc.strerror}"

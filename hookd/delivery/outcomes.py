@@ -2,7 +2,10 @@
 
 Retries (SPEC §5): after failed attempt ``n`` the delivery waits ``schedule[n-1]`` seconds,
 ±10 % jitter; after the last delay is used up it is ``failed``. Test deliveries and manual
-retries past the schedule get no automatic retry.
+retries past the schedule get no automatic retry. A ``429`` or ``503`` answer's
+``Retry-After`` (seconds, or an HTTP date) moves a scheduled retry to no earlier than that
+moment, counted from when the answer arrived, without jitter and at most 24 h ahead; it never
+schedules a retry the schedule did not have.
 
 Health: ``avgResponseTime`` is an exponential moving average of every attempt's response
 time, ``avg += ALPHA * (rt - avg)``, starting at the first attempt's time (ALPHA = 0.2: the
@@ -17,6 +20,7 @@ expressions build on the row's current values, so workers never overwrite each o
 
 from __future__ import annotations
 
+import email.utils
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,10 +31,18 @@ from hookd.ids import new_object_id
 from hookd.store.queue import Settlement
 from hookd.store.records import ClaimedDelivery
 
-__all__ = ["ALPHA", "JITTER", "build_settlement", "retry_delay_ms"]
+__all__ = [
+    "ALPHA",
+    "JITTER",
+    "MAX_RETRY_AFTER_MS",
+    "build_settlement",
+    "retry_after_ms",
+    "retry_delay_ms",
+]
 
 ALPHA = 0.2
 JITTER = 0.1
+MAX_RETRY_AFTER_MS = 86_400_000
 
 
 def retry_delay_ms(
@@ -41,6 +53,25 @@ def retry_delay_ms(
         return None
     base = schedule[attempt_number - 1] * 1000
     return max(1, round(base * rng.uniform(1 - JITTER, 1 + JITTER)))
+
+
+def retry_after_ms(value: str | None, received_at: int) -> int | None:
+    """How long a ``Retry-After`` header asks to wait, in milliseconds from ``received_at``
+    (when its answer arrived), capped at 24 h; ``None`` if there is none or it does not parse."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        wait = int(text) * 1000
+    else:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            return None  # RFC 9110 dates are GMT; one without a zone is not an HTTP date
+        wait = round(moment.timestamp() * 1000) - received_at
+    return max(0, min(wait, MAX_RETRY_AFTER_MS))
 
 
 def _webhook_row(
@@ -113,7 +144,12 @@ def build_settlement(
         else:
             delay = None if claimed.is_test else retry_delay_ms(schedule, number, rng)
             status = "failed" if delay is None else "pending"
-            next_at = None if delay is None else result.attempted_at + delay
+            if delay is not None:
+                next_at = result.attempted_at + delay
+                received_at = result.attempted_at + result.response_time_ms
+                wait = retry_after_ms(result.retry_after, received_at)
+                if wait is not None:
+                    next_at = max(next_at, received_at + wait)
         settlement.attempts.append(
             {
                 "id": new_object_id(result.attempted_at),

@@ -2,6 +2,19 @@
 
 One session with keep-alive serves every attempt. Redirects are not followed, at most
 4 KiB of a response body is read, and every connection goes through the address guard.
+
+An attempt runs under one deadline, ``timeoutMs`` after it starts, that covers DNS,
+connect, TLS, the request and the whole response: ``asyncio.timeout_at`` rather than
+aiohttp's ``ClientTimeout(total)``, which rounds timeouts above 5 s up to the next second
+(``timeoutMs: 5500`` fired at 6 s). The deadline reaches the resolver through
+:data:`~hookd.delivery.resolver.attempt_budget`, so that a lookup never outlives its attempt
+and an attempt that ran out of time while resolving says so.
+
+TLS connections are closed without waiting for the receiver's TLS shutdown (its
+``close_notify``): the event loop's graceful close waits up to 30 s for it, and a receiver
+that never sends it kept a socket open that long after every attempt, so one tenant could
+run hookd out of file descriptors. A TLS connection that is closed is aborted instead,
+as aiohttp itself does when its connector closes.
 """
 
 from __future__ import annotations
@@ -12,14 +25,17 @@ import http
 import re
 import ssl
 import time
+from typing import cast
 
 import aiohttp
 import yarl
+from aiohttp.client_proto import ResponseHandler
 
 from hookd import __version__
 from hookd.clock import Clock, system_clock
 from hookd.delivery.envelope import build_body
 from hookd.delivery.guard import AddressGuard, make_connector, refusal_from
+from hookd.delivery.resolver import AttemptBudget, LookupFailed, attempt_budget
 from hookd.signing import signer_for
 from hookd.store.records import ClaimedDelivery, record
 
@@ -40,6 +56,8 @@ class AttemptResult:
     response_time_ms: int
     response_body: bytes | None
     error: str | None  # set when there was no response
+    # The Retry-After header of a 429 or 503 answer, as sent (seconds or an HTTP date).
+    retry_after: str | None = None
 
     @property
     def code(self) -> int:
@@ -53,9 +71,19 @@ def _url(url: str) -> yarl.URL:
     return yarl.URL(url)
 
 
-@functools.lru_cache(maxsize=64)
-def _timeout(timeout_ms: int) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=timeout_ms / 1000)
+class _TlsAbortingHandler(ResponseHandler):
+    """aiohttp's protocol, except that closing a TLS connection aborts it: no waiting for
+    the peer's ``close_notify`` (see the module docstring). Plain TCP closes as usual."""
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is not None and transport.get_extra_info("ssl_object") is not None:
+            self.abort()
+            return
+        super().close()
+
+
+_THROTTLED = frozenset({429, 503})
 
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
@@ -101,6 +129,8 @@ def _failure_message(exc: BaseException, timeout_ms: int) -> str:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return f"Timed out after {timeout_ms} ms"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        if isinstance(exc.os_error, LookupFailed):
+            return str(exc.os_error)
         return f"Could not resolve host {exc.host}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS certificate error: {exc.certificate_error}"
@@ -121,11 +151,18 @@ class Sender:
     """Makes attempts. ``start`` opens the shared session, ``close`` ends it."""
 
     def __init__(
-        self, guard: AddressGuard, *, max_connections: int = 256, clock: Clock = system_clock
+        self,
+        guard: AddressGuard,
+        *,
+        max_connections: int = 256,
+        clock: Clock = system_clock,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.guard = guard
         self.max_connections = max_connections
         self.clock = clock
+        # None: the system's certificate authorities (tests pass one trusting their own).
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -133,9 +170,17 @@ class Sender:
             self.guard,
             limit=self.max_connections,
             limit_per_host=0,
-            ttl_dns_cache=30,
+            # The guard's resolver caches answers itself, per TTL (hookd/delivery/resolver.py).
+            use_dns_cache=False,
             keepalive_timeout=30,
             enable_cleanup_closed=False,
+            ssl=self.ssl_context if self.ssl_context is not None else True,
+        )
+        # aiohttp has no public hook for the protocol class; its connectors build every
+        # connection's protocol with this factory.
+        connector._factory = cast(
+            "functools.partial[ResponseHandler]",
+            functools.partial(_TlsAbortingHandler, loop=asyncio.get_running_loop()),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -150,6 +195,7 @@ class Sender:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.guard.close()
 
     async def send(self, claimed: ClaimedDelivery) -> AttemptResult:
         """Make the next attempt of ``claimed``; never raises for the receiver's faults."""
@@ -167,27 +213,36 @@ class Sender:
         attempted_at = self.clock()
         started = time.perf_counter()
         timeout_ms = claimed.timeout_ms
+        budget = AttemptBudget(asyncio.get_running_loop().time() + timeout_ms / 1000)
+        context = attempt_budget.set(budget)
         try:
-            async with self._session.post(
-                _url(claimed.url),
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=_timeout(timeout_ms),
-            ) as response:
+            async with (
+                asyncio.timeout_at(budget.deadline),
+                self._session.post(
+                    _url(claimed.url), data=body, headers=headers, allow_redirects=False
+                ) as response,
+            ):
                 kept = await _read_capped(response.content, MAX_RESPONSE_BODY)
                 status = response.status
                 reason = response.reason
+                retry_after = response.headers.get("Retry-After") if status in _THROTTLED else None
+        except TimeoutError:
+            if budget.resolving is not None:
+                message = f"DNS lookup of {budget.resolving} timed out after {timeout_ms} ms"
+            else:
+                message = f"Timed out after {timeout_ms} ms"
+            message = clean_text(message)
+            return AttemptResult(attempted_at, False, None, message, timeout_ms, None, message)
         except Exception as exc:
             elapsed = round((time.perf_counter() - started) * 1000)
             message = clean_text(_failure_message(exc, timeout_ms))
-            if message.startswith("Timed out"):
-                elapsed = timeout_ms
             return AttemptResult(attempted_at, False, None, message, elapsed, None, message)
+        finally:
+            attempt_budget.reset(context)
         elapsed = round((time.perf_counter() - started) * 1000)
         if 200 <= status < 300:
             return AttemptResult(attempted_at, True, status, "Success", elapsed, kept, None)
         message = _reason(status, reason)
         if 300 <= status < 400:
             message = f"{message} (redirects are not followed)"
-        return AttemptResult(attempted_at, False, status, message, elapsed, kept, None)
+        return AttemptResult(attempted_at, False, status, message, elapsed, kept, None, retry_after)

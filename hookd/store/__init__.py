@@ -6,11 +6,12 @@ Operations are written once (``tenants``, ``webhooks``, ``events``, ``deliveries
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
-from hookd.store import deliveries, events, queue, tenants, webhooks
+from hookd.store import deliveries, events, instance, queue, tenants, webhooks
 from hookd.store.events import EventDraft
 from hookd.store.postgres import PostgresDriver
 from hookd.store.queries import Op
@@ -63,7 +64,6 @@ class Driver(Protocol):
     async def work(self, op: Op[T]) -> T: ...
     def notify_work(self) -> None: ...
     async def wait_for_work(self, timeout: float) -> bool: ...
-    async def ping(self) -> None: ...
 
 
 def open_driver(
@@ -92,8 +92,22 @@ class Store:
     async def close(self) -> None:
         await self.driver.close()
 
-    async def ping(self) -> None:
-        await self.driver.ping()
+    async def check_ready(self) -> None:
+        """Raise :class:`DatabaseUnavailable` unless the database answers a read and
+        accepts a write now (a real write transaction of one row): what ``/readyz`` says."""
+        await self.driver.read(tenants.any_organization())
+        await self.driver.write(instance.touch_readiness(self.clock()))
+
+    async def cursor_key(self) -> bytes:
+        """The key that signs list cursors, the same for every process of the installation.
+        Migration 0004 makes it, so reading it is enough (a database that refuses writes
+        still pages); should the row be gone, the first process to ask makes a new one."""
+        stored = await self.driver.read(instance.named_value("cursor_key"))
+        if stored is None:
+            stored = await self.driver.write(
+                instance.named_secret("cursor_key", secrets.token_hex(32), self.clock())
+            )
+        return bytes.fromhex(stored)
 
     # Organizations and API keys.
 

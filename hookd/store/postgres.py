@@ -297,11 +297,3 @@ class PostgresDriver:
 
     def _on_notify(self, *_args: Any) -> None:
         self._work.set()
-
-    async def ping(self) -> None:
-        assert self._pool is not None
-        try:
-            async with self._pool.acquire(timeout=5) as conn:
-                await conn.fetchval("SELECT 1")
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(str(exc)) from exc

@@ -71,6 +71,16 @@ workers = Table(
     Column("stopping", Boolean, nullable=False, server_default=text("false")),
 )
 
+# Named values of the installation: the key that signs list cursors (created by the first
+# process that needs it), and the row /readyz rewrites to prove the database takes writes.
+instance_state = Table(
+    "instance_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
 webhooks = Table(
     "webhooks",
     metadata,

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import orjson
 
 from hookd.errors import DatabaseUnavailable
-from hookd.store.queries import Op, Query, Statement, drive, load_queries, value
+from hookd.store.queries import Op, Query, Statement, drive, load_queries
 
 __all__ = ["SqliteDriver"]
 
@@ -54,6 +54,7 @@ _UNAVAILABLE = (
     "database or disk is full",
     "readonly database",
     "file is not a database",
+    "disk image is malformed",
     "no such table",
 )
 
@@ -268,10 +269,6 @@ class SqliteDriver:
         self._work.clear()
         return signalled
 
-    async def ping(self) -> None:
-        self._check_file()
-        await self.read(_ping())
-
     def _check_file(self) -> None:
         # Open connections keep using a file that was deleted or replaced; everything written
         # after that would vanish at the next start. Refuse instead.
@@ -383,7 +380,3 @@ class SqliteDriver:
             return DatabaseUnavailable(str(exc))
         return exc
 
-
-def _ping() -> Op[None]:
-    yield value("org_any")
-    return None

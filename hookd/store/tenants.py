@@ -8,6 +8,7 @@ from hookd.store.queries import Op, one, rows, run, value
 from hookd.store.records import ApiKey, AuthContext, Conflict, Organization
 
 __all__ = [
+    "any_organization",
     "authenticate",
     "bootstrap",
     "create_api_key",
@@ -84,6 +85,12 @@ def authenticate(key_hash: str, window_start: int | None) -> Op[AuthContext | No
     else:
         row = yield one("auth_counted", key_hash=key_hash, window_start=window_start)
     return None if row is None else AuthContext.from_row(row)
+
+
+def any_organization() -> Op[str | None]:
+    """The id of some organization (a cheap read of a real table)."""
+    found = yield value("org_any")
+    return None if found is None else str(found)
 
 
 def bootstrap(webhook_limit: int, default_version: str, now: int) -> Op[str | None]:

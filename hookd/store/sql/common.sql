@@ -23,6 +23,18 @@ SELECT id FROM organizations LIMIT 1;
 -- Serialises webhook creation within one organization (the webhook limit).
 SELECT id, webhook_limit FROM organizations WHERE id = :id;
 
+-- name: state_insert_missing
+-- Two processes may create it at once: the first one's value stays.
+INSERT INTO instance_state (name, value, updated_at) VALUES (:name, :value, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: state_get
+SELECT value FROM instance_state WHERE name = :name;
+
+-- name: state_touch
+INSERT INTO instance_state (name, value, updated_at) VALUES (:name, '', :now)
+ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at;
+
 -- name: key_insert
 INSERT INTO api_keys (id, organization_id, label, key_hash, created_at, revoked_at)
 VALUES (:id, :organization_id, :label, :key_hash, :created_at, NULL);
