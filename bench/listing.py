@@ -1,4 +1,5 @@
-"""Listing: the delivery log of a webhook with a long history stays fast.
+"""Listing: the delivery log of a webhook with a long history, and the events of an
+organization with as many, stay fast.
 
 ``hookd serve`` on a fresh database (``--db sqlite``, ``postgres`` or ``both``, the
 default) with one webhook (an ``https://`` URL that is never called: nothing is pending).
@@ -7,7 +8,9 @@ into the database while hookd runs (SQLite: one ``executemany`` transaction from
 process next to hookd's connections, which WAL allows; PostgreSQL: ``COPY``, then
 ``ANALYZE`` as autovacuum would soon do; SQLite gets no ``ANALYZE``, as hookd runs none).
 One delivery a second going back from now; every 20th, 21st and 22nd (15 %) ``failed``
-after 4 attempts (``500``), the rest ``succeeded`` at the first (``204``).
+after 4 attempts (``500``), the rest ``succeeded`` at the first (``204``). Topics: every
+10th event is ``comment.created``, every 100th (shifted by one) ``post.deleted`` (1 %), the
+rest ``post.created``; every 50th (shifted by 7) is a test event (never listed).
 
 Timed, each as the median (and p90, max) of 20 sequential requests on one keep-alive
 connection, client side (``http.client``), after a few warm-up requests:
@@ -17,14 +20,23 @@ connection, client side (``http.client``), after a few warm-up requests:
   also checks that the walk returns every delivery exactly once, newest first;
 * the same with ``status=succeeded`` and with ``status=failed``.
 
+The events (each checked: newest first, only listed events, only the filter's):
+
+* ``GET /v2/events?limit=100``: the first page and the next one (by its ``nextCursor``);
+* the same with ``topic=post.deleted`` (1 % of the events), first page;
+* ``since``/``until`` one hour of the oldest day (a window deep in the history);
+* ``GET /v2/events/{id}`` of an old event (its data and its delivery), and
+  ``GET /v2/webhooks/{id}/deliveries?eventId=`` of it.
+
 The baseline, on the same server in the same run: ``GET /v2/webhooks/{id}`` (authenticate,
-read one webhook, render it). Target: every listing under 50 ms. Results:
-``bench/results/listing.jsonl``.
+read one webhook, render it). Targets: every delivery listing under 50 ms, every events
+request under 10 ms. Results: ``bench/results/listing.jsonl``.
 
 Command line::
 
     python bench/listing.py                      # both databases, 100,000 deliveries
     python bench/listing.py --db postgres --deliveries 1000000
+    python bench/listing.py --only events --deliveries 1000000   # the events part only
     python bench/listing.py --smoke              # 5,000 deliveries, checked
 """
 
@@ -64,11 +76,23 @@ SMOKE_DELIVERIES = 5000
 REPEAT = 20
 PAGE = 100
 TARGET_MS = 50.0
+EVENTS_TARGET_MS = 10.0
 FILTERS: tuple[str | None, ...] = (None, "succeeded", "failed")
+RARE_TOPIC = "post.deleted"
 
 
 def _failed(n: int) -> bool:
     return n % 20 in (0, 1, 2)
+
+
+def _topic(n: int) -> str:
+    if n % 100 == 1:
+        return RARE_TOPIC
+    return "comment.created" if n % 10 == 0 else "post.created"
+
+
+def _is_test(n: int) -> bool:
+    return n % 50 == 7
 
 
 def delivery_rows(
@@ -86,7 +110,8 @@ def delivery_rows(
             f'{{"object":"notification_event_data","item":{{"id":"post_{n}",'
             f'"title":"History {n}"}},"changes":[]}}'
         )
-        events.append((event_id, org_id, "post.created", data, None, None, False, created))
+        topic, is_test = _topic(n), _is_test(n)
+        events.append((event_id, org_id, topic, data, None, None, is_test, created))
         failed = _failed(n)
         attempted = created + (4_000 if failed else 40)
         deliveries.append(
@@ -94,8 +119,8 @@ def delivery_rows(
                 f"{created // 1000:08x}{n:016x}",
                 webhook_id,
                 event_id,
-                "post.created",
-                False,
+                topic,
+                is_test,
                 "failed" if failed else "succeeded",
                 4 if failed else 1,
                 None,
@@ -138,8 +163,9 @@ _DELIVERY_COLS = (
 )
 
 
-def insert(dep: Deployment, webhook_id: str, count: int) -> float:
-    """Insert ``count`` deliveries of ``webhook_id`` (with their events); returns seconds."""
+def insert(dep: Deployment, webhook_id: str, count: int, now_ms: int) -> float:
+    """Insert ``count`` deliveries of ``webhook_id`` (with their events), the last one a
+    second before ``now_ms``; returns seconds."""
     started = time.monotonic()
     if dep.db_kind == "sqlite":
         path = dep.db.url[len("sqlite:///") :]
@@ -149,7 +175,7 @@ def insert(dep: Deployment, webhook_id: str, count: int) -> float:
             org = conn.execute(
                 "SELECT organization_id FROM webhooks WHERE id = ?", (webhook_id,)
             ).fetchone()[0]
-            events, deliveries = delivery_rows(org, webhook_id, count, int(time.time() * 1000))
+            events, deliveries = delivery_rows(org, webhook_id, count, now_ms)
             with conn:
                 conn.executemany(
                     f"INSERT INTO events ({', '.join(_EVENT_COLS)}) "
@@ -172,7 +198,7 @@ def insert(dep: Deployment, webhook_id: str, count: int) -> float:
                 org = await conn.fetchval(
                     "SELECT organization_id FROM webhooks WHERE id = $1", webhook_id
                 )
-                events, deliveries = delivery_rows(org, webhook_id, count, int(time.time() * 1000))
+                events, deliveries = delivery_rows(org, webhook_id, count, now_ms)
                 async with conn.transaction():
                     await conn.copy_records_to_table(
                         "events", records=events, columns=list(_EVENT_COLS)
@@ -225,7 +251,159 @@ def _path(webhook_id: str, status: str | None, cursor: str | None = None) -> str
     return f"/v2/webhooks/{webhook_id}/deliveries?{urlencode(query)}"
 
 
-def measure_db(db: str, count: int, pg_admin_url: str) -> dict[str, Any]:
+def _walk_deliveries(
+    client: Client, db: str, webhook_id: str, count: int, problems: list[str], out: dict[str, Any]
+) -> None:
+    """Time the delivery log's first and last pages, each status filter, and walk them."""
+    for status in FILTERS:
+        name = status or "all"
+        expected = sum(
+            1 for n in range(count) if status is None or (status == "failed") == _failed(n)
+        )
+        first = client.timed(_path(webhook_id, status))
+        # Walk every page; keep the cursor that fetched the last one.
+        cursor: str | None = None
+        last_cursor: str | None = None
+        seen = 0
+        previous = "g"
+        walk_ms: list[float] = []
+        pages = 0
+        while True:
+            ms, code, body = client.get(_path(webhook_id, status, cursor))
+            if code != 200:
+                raise RuntimeError(f"page {pages + 1} of {name} answered {code}: {body}")
+            walk_ms.append(ms)
+            pages += 1
+            for item in body["data"]:
+                if item["id"] >= previous:
+                    problems.append(f"{db} {name}: ids not strictly descending")
+                    break
+                previous = item["id"]
+                if status is not None and item["status"] != status:
+                    problems.append(f"{db} {name}: a {item['status']} delivery")
+                    break
+            seen += len(body["data"])
+            if body["nextCursor"] is None:
+                last_cursor = cursor
+                break
+            cursor = body["nextCursor"]
+            if pages > count // PAGE + 10:
+                problems.append(f"{db} {name}: the walk does not end")
+                break
+        if seen != expected:
+            problems.append(f"{db} {name}: the walk returned {seen} of {expected}")
+        last = client.timed(_path(webhook_id, status, last_cursor))
+        out[name] = {
+            "expected": expected,
+            "walked": seen,
+            "pages": pages,
+            "first_ms": first,
+            "last_ms": last,
+            "walk_page_ms": {
+                "median": median(walk_ms),
+                "p90": percentile(walk_ms, 90),
+                "max": max(walk_ms),
+            },
+        }
+        print(
+            f"  {db:<8} {name:<9} first page {first['median']:6.2f} ms, last page "
+            f"{last['median']:6.2f} ms (median of {REPEAT}); walk of {pages} pages: "
+            f"median {median(walk_ms):.2f} ms, max {max(walk_ms):.1f} ms; "
+            f"{seen:,}/{expected:,} deliveries",
+            flush=True,
+        )
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def _time_events(
+    client: Client,
+    db: str,
+    webhook_id: str,
+    count: int,
+    now_ms: int,
+    problems: list[str],
+    out: dict[str, Any],
+) -> None:
+    """Time the events requests (see the module docstring), checking each answer."""
+
+    def check(label: str, path: str, test: Any) -> dict[str, float]:
+        _ms, code, body = client.get(path)
+        if code != 200:
+            raise RuntimeError(f"{label}: GET {path} answered {code}: {body}")
+        problem = test(body)
+        if problem:
+            problems.append(f"{db} events {label}: {problem}")
+        timed = client.timed(path)
+        out.setdefault("events", {})[label] = timed
+        print(f"  {db:<8} events {label:<22} {timed['median']:6.2f} ms (median of {REPEAT})")
+        return timed
+
+    def listed(topic: str | None = None, since: int = 0, until: int = 1 << 60) -> Any:
+        def test(body: dict[str, Any]) -> str | None:
+            data = body["data"]
+            ids = [e["id"] for e in data]
+            if not data or len(data) > PAGE or ids != sorted(ids, reverse=True):
+                return f"{len(data)} events, newest first: {ids == sorted(ids, reverse=True)}"
+            if topic is not None and any(e["topic"] != topic for e in data):
+                return f"an event of another topic than {topic}"
+            # The index of each listed event: the bench's events are one a second.
+            for e in data:
+                n = count - (now_ms - _parse_ms(e["createdAt"])) // 1000
+                if _is_test(n) or not since <= _parse_ms(e["createdAt"]) < until:
+                    return f"event {n} (test {_is_test(n)}) should not be listed"
+            return None
+
+        return test
+
+    first_page = f"/v2/events?limit={PAGE}"
+    check("first page", first_page, listed())
+    _ms, _code, body = client.get(first_page)
+    check("next page", f"{first_page}&cursor={body['nextCursor']}", listed())
+    check(f"topic={RARE_TOPIC}", f"{first_page}&topic={RARE_TOPIC}", listed(RARE_TOPIC))
+    oldest = now_ms - count * 1000
+    since, until = oldest + 600_000, oldest + 600_000 + 3_600_000
+    check(
+        "oldest hour",
+        f"{first_page}&since={_iso(since)}&until={_iso(until)}",
+        listed(None, since, until),
+    )
+    # An old event that is listed: the 3rd (neither test nor rare topic).
+    _ms, _code, window = client.get(f"{first_page}&until={_iso(oldest + 3000)}")
+    [old] = [e for e in window["data"] if e["createdAt"] == _iso(oldest + 2000)] or [None]
+    if old is None:
+        problems.append(f"{db} events: the 3rd event is not listed")
+        return
+
+    def detail(body: dict[str, Any]) -> str | None:
+        if body["id"] != old["id"] or len(body["deliveries"]) != 1:
+            return "not the event with its one delivery"
+        return None
+
+    check("GET /v2/events/{id}", f"/v2/events/{old['id']}", detail)
+
+    def of_event(body: dict[str, Any]) -> str | None:
+        if [d["eventId"] for d in body["data"]] != [old["id"]]:
+            return "not the event's one delivery"
+        return None
+
+    check(
+        "deliveries?eventId=",
+        f"/v2/webhooks/{webhook_id}/deliveries?eventId={old['id']}",
+        of_event,
+    )
+
+
+def _parse_ms(iso: str) -> int:
+    import calendar
+
+    seconds = calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1000 + int(iso[20:23])
+
+
+def measure_db(db: str, count: int, pg_admin_url: str, only: str | None = None) -> dict[str, Any]:
     """Set up one database and time every listing; returns figures and problems found."""
     tmp = Path(tempfile.mkdtemp(prefix="hookd-bench-listing-"))
     problems: list[str] = []
@@ -234,74 +412,19 @@ def measure_db(db: str, count: int, pg_admin_url: str) -> dict[str, Any]:
         with Deployment(db, tmp, pg_admin_url=pg_admin_url) as dep:
             dep.start()
             [webhook_id] = dep.create_webhooks(1, lambda _i: "https://127.0.0.1:9/never-called")
-            out["insert_s"] = round(insert(dep, webhook_id, count), 2)
+            now_ms = int(time.time() * 1000)
+            out["insert_s"] = round(insert(dep, webhook_id, count, now_ms), 2)
             client = Client(dep.port, dep.key)
             try:
                 for _ in range(5):  # warm-up
                     client.get(f"/v2/webhooks/{webhook_id}")
                     client.get(_path(webhook_id, None))
+                    client.get(f"/v2/events?limit={PAGE}")
                 out["baseline_ms"] = client.timed(f"/v2/webhooks/{webhook_id}")
-                for status in FILTERS:
-                    name = status or "all"
-                    expected = sum(
-                        1
-                        for n in range(count)
-                        if status is None or (status == "failed") == _failed(n)
-                    )
-                    first = client.timed(_path(webhook_id, status))
-                    # Walk every page; keep the cursor that fetched the last one.
-                    cursor: str | None = None
-                    last_cursor: str | None = None
-                    seen = 0
-                    previous = "g"
-                    walk_ms: list[float] = []
-                    pages = 0
-                    while True:
-                        ms, code, body = client.get(_path(webhook_id, status, cursor))
-                        if code != 200:
-                            raise RuntimeError(
-                                f"page {pages + 1} of {name} answered {code}: {body}"
-                            )
-                        walk_ms.append(ms)
-                        pages += 1
-                        for item in body["data"]:
-                            if item["id"] >= previous:
-                                problems.append(f"{db} {name}: ids not strictly descending")
-                                break
-                            previous = item["id"]
-                            if status is not None and item["status"] != status:
-                                problems.append(f"{db} {name}: a {item['status']} delivery")
-                                break
-                        seen += len(body["data"])
-                        if body["nextCursor"] is None:
-                            last_cursor = cursor
-                            break
-                        cursor = body["nextCursor"]
-                        if pages > count // PAGE + 10:
-                            problems.append(f"{db} {name}: the walk does not end")
-                            break
-                    if seen != expected:
-                        problems.append(f"{db} {name}: the walk returned {seen} of {expected}")
-                    last = client.timed(_path(webhook_id, status, last_cursor))
-                    out[name] = {
-                        "expected": expected,
-                        "walked": seen,
-                        "pages": pages,
-                        "first_ms": first,
-                        "last_ms": last,
-                        "walk_page_ms": {
-                            "median": median(walk_ms),
-                            "p90": percentile(walk_ms, 90),
-                            "max": max(walk_ms),
-                        },
-                    }
-                    print(
-                        f"  {db:<8} {name:<9} first page {first['median']:6.2f} ms, last page "
-                        f"{last['median']:6.2f} ms (median of {REPEAT}); walk of {pages} pages: "
-                        f"median {median(walk_ms):.2f} ms, max {max(walk_ms):.1f} ms; "
-                        f"{seen:,}/{expected:,} deliveries",
-                        flush=True,
-                    )
+                if only != "events":
+                    _walk_deliveries(client, db, webhook_id, count, problems, out)
+                if only != "deliveries":
+                    _time_events(client, db, webhook_id, count, now_ms, problems, out)
             finally:
                 client.close()
     finally:
@@ -311,9 +434,12 @@ def measure_db(db: str, count: int, pg_admin_url: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="hookd: listing a long delivery log")
+    parser = argparse.ArgumentParser(description="hookd: listing a long delivery log and events")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--deliveries", type=int, help=f"default {DEFAULT_DELIVERIES:,}")
+    parser.add_argument(
+        "--only", choices=["deliveries", "events"], help="time only the delivery log or events"
+    )
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     count = args.deliveries or (SMOKE_DELIVERIES if args.smoke else DEFAULT_DELIVERIES)
@@ -327,11 +453,22 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     started = time.monotonic()
-    found = [measure_db(db, count, args.pg_admin_url) for db in dbs]
+    found = [measure_db(db, count, args.pg_admin_url, args.only) for db in dbs]
     results: list[Result] = []
     for f in found:
         base = f["baseline_ms"]["median"]
-        for name in ("all", "succeeded", "failed"):
+        for label, timed_ms in f.get("events", {}).items():
+            ms = timed_ms["median"]
+            results.append(
+                Result(
+                    f"events {f['db']}, {count / 1000:g}k: {label}",
+                    ms,
+                    "ms",
+                    base,
+                    extra={"target": f"< {EVENTS_TARGET_MS:g} ms", "met": ms < EVENTS_TARGET_MS},
+                )
+            )
+        for name in ("all", "succeeded", "failed") if "all" in f else ():
             for which in ("first", "last"):
                 ms = f[name][f"{which}_ms"]["median"]
                 label = f"listing {f['db']}, {count / 1000:g}k: {which} page" + (
@@ -356,8 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(timed, key=lambda r: r.value)
     all_met = all(r.extra["met"] for r in timed)
     print(
-        f"target < {TARGET_MS:g} ms each: {'met' if all_met else 'MISSED'} "
-        f"(slowest: {worst.name} {worst.value:.2f} ms)"
+        f"targets (< {TARGET_MS:g} ms a delivery listing, < {EVENTS_TARGET_MS:g} ms an events "
+        f"request) {'met' if all_met else 'MISSED'} (slowest: {worst.name} {worst.value:.2f} ms)"
     )
     print(f"took {time.monotonic() - started:.1f} s")
     problems = [p for f in found for p in f["problems"]]

@@ -165,6 +165,45 @@ def worker(database_url: str | None) -> None:
     run_server(settings, api=False, worker=True, bootstrap=False)
 
 
+@main.command(short_help="Forward an organization's events to a URL on this machine.")
+@click.option(
+    "--forward-to",
+    required=True,
+    metavar="URL",
+    help="Where to POST each event, e.g. http://localhost:3000/hooks.",
+)
+@click.option("--topics", default=None, metavar="T,...", help="Only these topics (default: all).")
+@click.option(
+    "--server",
+    envvar="HOOKD_SERVER_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="The hookd server (or HOOKD_SERVER_URL).",
+)
+@click.option("--api-key", envvar="HOOKD_API_KEY", default=None, help="Or HOOKD_API_KEY.")
+def listen(forward_to: str, topics: str | None, server: str, api_key: str | None) -> None:
+    """Forward an organization's events, as they are published, to a URL on this machine."""
+    from hookd.listen import Forwarder, run
+    from hookd.topics import TOPIC_SET
+
+    if not api_key:
+        _fail("give the organization's API key with --api-key or HOOKD_API_KEY", 2)
+        return
+    wanted = None if topics is None else [t.strip() for t in topics.split(",") if t.strip()]
+    unknown = [t for t in wanted or [] if t not in TOPIC_SET]
+    if unknown or wanted == []:
+        _fail(f"--topics: {', '.join(unknown) or topics!r} is not a known topic", 2)
+    for name, url in (("--forward-to", forward_to), ("--server", server)):
+        if not url.startswith(("http://", "https://")):
+            _fail(f"{name} must be an http:// or https:// URL, not {url!r}", 2)
+    forwarder = Forwarder(server, api_key, forward_to, wanted, out=click.echo)
+    click.echo(
+        f"hookd listen: signing secret {forwarder.secret} "
+        "(the same on every run with this API key; check requests with hookd.verify)"
+    )
+    sys.exit(run(forwarder))
+
+
 @main.command(short_help="Apply the schema migrations.")
 @_database_option
 def migrate(database_url: str | None) -> None:

@@ -11,7 +11,8 @@ anything else that escapes to the HTTP layer is a server fault (``500``).
     ├── SettingsError             an invalid HOOKD_* value; hookd stops at start-up
     ├── StoreError                a database fault that is not the client's doing
     │   └── DatabaseUnavailable   (also an ApiError)
-    └── AddressRefused            a webhook URL resolved to an address hookd will not deliver to
+    ├── AddressRefused            a webhook URL resolved to an address hookd will not deliver to
+    └── VerificationError         hookd.verify: a request's signature is missing, wrong or stale
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "HookdError",
     "SettingsError",
     "StoreError",
+    "VerificationError",
     "error_type_for_status",
 ]
 
@@ -103,6 +105,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     ),
     "internal_error": (500, "a fault of hookd (it is logged)"),
     "database_unavailable": (503, "the database cannot be reached; retry shortly"),
+    "server_closing": (503, "an event stream asked of a server that is shutting down; reconnect"),
 }
 
 
@@ -176,3 +179,9 @@ class DatabaseUnavailable(StoreError, ApiError):
 
 class AddressRefused(HookdError):
     """A webhook's host resolved to an address outside what hookd may connect to."""
+
+
+class VerificationError(HookdError):
+    """:func:`hookd.verify` refused a request: its signature headers are missing, its
+    signature matches none of the secrets, or its timestamp is outside the tolerance (a
+    replay, or a clock that is off). The message says which; answer such a request 400."""

@@ -17,8 +17,12 @@ from collections.abc import Callable
 
 __all__ = [
     "API_KEY_PREFIX",
+    "EVENT_ID_PREFIX",
     "SECRET_PREFIX",
     "api_key_hash",
+    "event_id_floor",
+    "first_event_id",
+    "is_event_id",
     "is_object_id",
     "new_api_key",
     "new_event_id",
@@ -32,6 +36,7 @@ API_KEY_PREFIX = "sk_"
 EVENT_ID_PREFIX = "notif_"
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{24}\Z")
+_EVENT_ID = re.compile(r"notif_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 # Like MongoDB's ObjectId: 4 bytes of seconds, 5 bytes fixed per process, 3 bytes of a
 # counter that starts at a random value. Ids made in one process within one second
@@ -61,6 +66,25 @@ def new_object_id(now_ms: int) -> str:
 
 def is_object_id(value: str) -> bool:
     return _OBJECT_ID.match(value) is not None
+
+
+def is_event_id(value: str) -> bool:
+    """``notif_`` + a UUID in lowercase hex, as :func:`new_event_id` writes it."""
+    return _EVENT_ID.match(value) is not None
+
+
+def event_id_floor(ms: int) -> str:
+    """The text that every event id made at or after ``ms`` sorts at or above, and every one
+    made before it below: event ids start with their time (UUIDv7), so a time window of
+    events is a range of ids."""
+    h = f"{max(0, min(ms, (1 << 48) - 1)):012x}"
+    return f"{EVENT_ID_PREFIX}{h[:8]}-{h[8:]}"
+
+
+def first_event_id(ms: int) -> str:
+    """The lowest event id that :func:`new_event_id` can make at ``ms``: a place to resume
+    a stream from when no event has been seen yet."""
+    return f"{event_id_floor(ms)}-0000-0000-000000000000"
 
 
 def object_id_time_ms(object_id: str) -> int:

@@ -7,6 +7,7 @@ import gc
 import ipaddress
 import signal
 import sys
+from types import FrameType
 
 import click
 import uvicorn
@@ -127,6 +128,24 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the event streams as soon as it is told to stop:
+    uvicorn waits for open responses before it shuts down, and a stream never ends alone."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.hookd_app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # A signal handler runs between two bytecodes of the loop's thread: hand over.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet
+            return
+        loop.call_soon_threadsafe(self.hookd_app.state.feed.close)
+
+
 def _migrate(settings: Settings) -> None:
     try:
         uvloop.run(upgrade_async(settings.database_url))
@@ -192,7 +211,7 @@ def run_server(
         # ASGI layer less on every request.
         proxy_headers=False,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, app)
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down, so that the default handler
     # ends the process "killed by signal". A graceful stop is a success: exit 0 instead.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,6 +10,10 @@ Every delivery carries two independent signatures over the same raw body:
   base64-decoded part of the secret after ``whsec_``. The public ``standardwebhooks`` and
   ``svix`` libraries verify these headers unmodified.
 
+During a secret rotation's grace period (SPEC §3) ``webhook-signature`` carries one ``v1,``
+signature per live secret, newest first (:func:`signature_headers`); ``X-Webhook-Signature``
+is always the newest secret's. :func:`verify` is the receiver's side of both schemes.
+
 The delivery engine signs on its hot path, so :class:`Signer` keys both HMACs once per secret
 and only copies the keyed state per message; :func:`signer_for` caches Signers by secret.
 """
@@ -21,7 +25,10 @@ import binascii
 import functools
 import hashlib
 import hmac
+import time
+from collections.abc import Mapping, Sequence
 
+from hookd.errors import VerificationError
 from hookd.ids import SECRET_PREFIX
 
 __all__ = [
@@ -32,7 +39,9 @@ __all__ = [
     "STANDARD_SIGNATURE_HEADER",
     "STANDARD_TIMESTAMP_HEADER",
     "Signer",
+    "signature_headers",
     "signer_for",
+    "verify",
     "verify_featurebase",
     "verify_standard",
 ]
@@ -158,16 +167,34 @@ def signer_for(secret: str) -> Signer:
     return Signer(secret)
 
 
-def _timestamp_is_fresh(timestamp: str, now: int, tolerance: int) -> bool:
-    if tolerance < 0:
-        raise ValueError("tolerance must not be negative")
+def signature_headers(
+    secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """The five signature headers of :meth:`Signer.headers`, signed with ``secrets`` (the
+    live secrets, newest first): ``X-Webhook-Signature`` with the newest only, and
+    ``webhook-signature`` with one space-separated ``v1,`` entry per secret, in that order,
+    so that a receiver holding any one of them verifies with the Standard Webhooks libraries.
+    """
+    headers = signer_for(secrets[0]).headers(msg_id, timestamp, body)
+    if len(secrets) > 1:
+        older = (signer_for(s).standard(msg_id, timestamp, body) for s in secrets[1:])
+        headers[STANDARD_SIGNATURE_HEADER] = " ".join([headers[STANDARD_SIGNATURE_HEADER], *older])
+    return headers
+
+
+def _timestamp_seconds(timestamp: str) -> int | None:
     # Only plain ASCII digits: int() would also take signs, spaces, underscores and non-ASCII
     # digits, none of which a sender produces.
     if not (0 < len(timestamp) <= _MAX_TIMESTAMP_DIGITS and timestamp.isascii()):
-        return False
-    if not timestamp.isdigit():
-        return False
-    return abs(now - int(timestamp)) <= tolerance
+        return None
+    return int(timestamp) if timestamp.isdigit() else None
+
+
+def _timestamp_is_fresh(timestamp: str, now: int, tolerance: int) -> bool:
+    if tolerance < 0:
+        raise ValueError("tolerance must not be negative")
+    seconds = _timestamp_seconds(timestamp)
+    return seconds is not None and abs(now - seconds) <= tolerance
 
 
 def verify_featurebase(
@@ -240,3 +267,80 @@ def verify_standard(
         if hmac.compare_digest(expected, given):
             return True
     return False
+
+
+def verify(
+    body: bytes | str,
+    headers: Mapping[str, str],
+    secret: str,
+    tolerance: int = DEFAULT_TOLERANCE,
+    *,
+    now: int | None = None,
+) -> None:
+    """Check that a request came from hookd, signed with ``secret``; raise if not.
+
+    ``body`` is the raw request body (bytes as received; a str is taken as its UTF-8), and
+    ``headers`` the request's headers, any mapping, names in any case. Either scheme passes:
+    Standard Webhooks (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``, whose
+    several ``v1,`` entries during a secret rotation are each tried) or Featurebase's
+    (``X-Webhook-Timestamp``, ``X-Webhook-Signature``). The timestamp must be within
+    ``tolerance`` seconds of ``now`` (Unix seconds; default: this machine's clock).
+
+    Raises:
+        VerificationError: no signature headers, a signature that matches none of the ones
+            sent, or a timestamp outside the tolerance; the message says which.
+        ValueError: ``secret`` is not a hookd secret (``whsec_`` + base64), or ``tolerance``
+            is negative: a mistake in the receiver, not in the request.
+    """
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    signer_for(secret)  # a malformed secret is the receiver's mistake: ValueError first
+    if tolerance < 0:
+        raise ValueError("tolerance must not be negative")
+    given = {name.lower(): value for name, value in headers.items()}
+    now = int(time.time()) if now is None else now
+    schemes = []
+    if STANDARD_SIGNATURE_HEADER in given and STANDARD_TIMESTAMP_HEADER in given:
+        schemes.append((given[STANDARD_TIMESTAMP_HEADER], STANDARD_TIMESTAMP_HEADER))
+    featurebase_ts = FEATUREBASE_TIMESTAMP_HEADER.lower()
+    if FEATUREBASE_SIGNATURE_HEADER.lower() in given and featurebase_ts in given:
+        schemes.append((given[featurebase_ts], FEATUREBASE_TIMESTAMP_HEADER))
+    if not schemes:
+        raise VerificationError(
+            "The request has no hookd signature: expected the headers webhook-id, "
+            "webhook-timestamp and webhook-signature, or X-Webhook-Timestamp and "
+            "X-Webhook-Signature."
+        )
+    for timestamp, name in schemes:
+        seconds = _timestamp_seconds(timestamp)
+        if seconds is None:
+            raise VerificationError(f"{name} is not a time in Unix seconds: {timestamp[:30]!r}.")
+        if abs(now - seconds) > tolerance:
+            raise VerificationError(
+                f"{name} is {abs(now - seconds)} s away from this machine's clock, more than "
+                f"the tolerance of {tolerance} s: a replayed request, or a clock that is off."
+            )
+    standard = STANDARD_SIGNATURE_HEADER in given and verify_standard(
+        secret,
+        given.get(STANDARD_ID_HEADER, ""),
+        given.get(STANDARD_TIMESTAMP_HEADER, ""),
+        body,
+        given[STANDARD_SIGNATURE_HEADER],
+        now=now,
+        tolerance=tolerance,
+    )
+    if standard:
+        return
+    featurebase = FEATUREBASE_SIGNATURE_HEADER.lower() in given and verify_featurebase(
+        secret,
+        given.get(featurebase_ts, ""),
+        body,
+        given[FEATUREBASE_SIGNATURE_HEADER.lower()],
+        now=now,
+        tolerance=tolerance,
+    )
+    if not featurebase:
+        raise VerificationError(
+            "The signature does not match this secret: the body was changed on the way, or "
+            "the request was signed with another secret (after a refresh, use the new one)."
+        )

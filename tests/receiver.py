@@ -39,6 +39,8 @@ class Behaviour:
     delay: float = 0.0
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # When set, each request is answered only once this event is set (a receiver that hangs).
+    hold: asyncio.Event | None = None
 
 
 class Receiver:
@@ -97,6 +99,8 @@ class Receiver:
                 self._arrived.notify_all()
             if behaviour.delay:
                 await asyncio.sleep(behaviour.delay)
+            if behaviour.hold is not None:
+                await behaviour.hold.wait()
             return web.Response(
                 status=behaviour.status, body=behaviour.body, headers=behaviour.headers
             )

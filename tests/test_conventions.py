@@ -569,7 +569,8 @@ WRONG_METHODS = [
     ("POST", f"/v2/webhooks/{UNKNOWN_ID}", {"GET", "PATCH", "DELETE"}),
     ("GET", f"/v2/webhooks/{UNKNOWN_ID}/secret", {"POST"}),
     ("DELETE", f"/v2/webhooks/{UNKNOWN_ID}/secret", {"POST"}),
-    ("GET", "/v2/events", {"POST"}),
+    ("PUT", "/v2/events", {"GET", "POST"}),
+    ("POST", "/v2/events/notif_01890a5d-ac96-7bd3-8f3e-4a6b2c1d0e9f", {"GET"}),
     ("POST", "/healthz", {"GET"}),
 ]
 

@@ -17,7 +17,8 @@ so a new section makes the choice explicitly.
 The session sees what a reader's second terminal would, after ``scripts/serve --dev`` in the
 first: ``HOOKD_PORT`` (the server's port), ``HOOKD_DATABASE_URL`` (its database, which the
 README's ``.venv/bin/hookd`` commands find as ``hookd.db`` in the repository by default) and
-``RECEIVER_PORT`` (a free port for the README's receiver). Processes a block leaves running in
+``RECEIVER_PORT`` and ``LOCAL_PORT`` (free ports for the README's receivers; ``examples/`` is
+linked into the scratch directory). Processes a block leaves running in
 the background (the receiver) are stopped with the session's process group at the end.
 """
 
@@ -108,11 +109,16 @@ def test_readme_examples_run(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / ".venv").symlink_to(Path(sys.prefix))
+    (work / "examples").symlink_to(README.parent / "examples")
     database = f"sqlite:///{tmp_path / 'hookd.db'}"
     with HookdProcesses(tmp_path / "logs") as procs:
         server = procs.start("serve", database_url=database, args=["--dev"])
         env = hookd_env(
-            {"HOOKD_PORT": str(server.port), "RECEIVER_PORT": str(free_port())},
+            {
+                "HOOKD_PORT": str(server.port),
+                "RECEIVER_PORT": str(free_port()),
+                "LOCAL_PORT": str(free_port()),
+            },
             database_url=database,
         )
         output_path = tmp_path / "readme.out"

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hookd import __version__
 from hookd.api import deliveries, events, webhooks
 from hookd.api.auth import RateLimiter
+from hookd.api.feed import Feed
 from hookd.api.render import JSONResponse
 from hookd.api.routing import V2Routes
 from hookd.api.schemas import StatusOut
@@ -222,6 +223,7 @@ def create_app(
         try:
             yield
         finally:
+            await feed.stop()
             if on_shutdown is not None:
                 await on_shutdown(app)
 
@@ -242,6 +244,8 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.limiter = RateLimiter(settings.rate_limit)
+    # The event streams' feed; a server closes it as it begins to shut down (hookd.server).
+    feed = app.state.feed = Feed(store)
     app.add_middleware(ConventionsMiddleware)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _query_error)
@@ -304,7 +308,7 @@ def create_app(
         )
 
     # Publishing is the hottest route: first in line.
-    routers = [events.router, webhooks.router, deliveries.router]
+    routers = [events.router, webhooks.router, deliveries.router, events.lookup_router]
     documented = list(app.routes)
     v2 = V2Routes(
         [route for router in routers for route in router.routes if isinstance(route, APIRoute)]

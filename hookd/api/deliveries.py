@@ -24,11 +24,11 @@ from hookd.api.schemas import (
     component,
 )
 from hookd.api.spec import operation, webhook_id_param
-from hookd.api.validation import parse_body, read_body
+from hookd.api.validation import parse_body, parse_time, read_body
 from hookd.api.webhooks import load_webhook
-from hookd.clock import parse_rfc3339
 from hookd.delivery.envelope import event_body
 from hookd.errors import ApiError
+from hookd.ids import is_event_id
 from hookd.settings import Settings
 from hookd.store import EventDraft, Store
 from hookd.store.records import DeliveryStatus
@@ -100,13 +100,30 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     cursor: Cursor = None,
     status: Annotated[DeliveryStatus | None, WithJsonSchema(component("DeliveryStatus"))] = None,
+    eventId: Annotated[
+        str | None,
+        Query(max_length=64, description="Only the deliveries of this event"),
+        WithJsonSchema(component("EventId")),
+    ] = None,
 ) -> Response:
     webhook = await load_webhook(request, principal, id)
-    scope = ListScope.of("deliveries", principal.organization.id, webhook=webhook.id, status=status)
+    if eventId is not None and not is_event_id(eventId):
+        raise ApiError(
+            400,
+            "parameter_invalid",
+            "eventId must be an event id: notif_ followed by a UUID, as POST /v2/events answers.",
+            "eventId",
+        )
+    scope = ListScope.of(
+        "deliveries", principal.organization.id, webhook=webhook.id, status=status, event=eventId
+    )
     cursors = await cursors_for(request)
     before = cursors.decode_id(scope, cursor)
-    found = await _store(request).list_deliveries(webhook.id, status, before, limit + 1)
-    return JSONResponse(page(cursors, scope, found, limit, delivery_json, lambda d: (d.id,)))
+    found = await _store(request).list_deliveries(webhook.id, status, before, limit + 1, eventId)
+    active = webhook.status == "active"
+    return JSONResponse(
+        page(cursors, scope, found, limit, lambda d: delivery_json(d, active), lambda d: (d.id,))
+    )
 
 
 @router.get(
@@ -123,7 +140,7 @@ async def get_delivery(request: Request, principal: Auth, id: str, deliveryId: s
     if found is None:
         raise _delivery_missing()
     delivery, event, attempts = found
-    body = delivery_json(delivery)
+    body = delivery_json(delivery, webhook.status == "active")
     # The payload of the latest attempt (or of the first one, before any was made).
     body["payload"] = orjson.loads(event_body(event, webhook.id, max(1, delivery.attempt_count)))
     body["attempts"] = [attempt_json(a) for a in attempts]
@@ -152,7 +169,7 @@ async def retry_delivery(request: Request, principal: Auth, id: str, deliveryId:
             "This delivery was cancelled (its webhook was deleted) and cannot be retried.",
             "deliveryId",
         )
-    return JSONResponse(delivery_json(delivery), status_code=202)
+    return JSONResponse(delivery_json(delivery, webhook.status == "active"), status_code=202)
 
 
 @router.post(
@@ -182,18 +199,6 @@ async def send_test(request: Request, principal: Auth, id: str) -> Response:
     return JSONResponse(delivery_json(delivery), status_code=202)
 
 
-def _time(value: str, field: str) -> int:
-    try:
-        return parse_rfc3339(value)
-    except ValueError:
-        raise ApiError(
-            400,
-            "parameter_invalid",
-            f"{field} must be an RFC 3339 date-time with a timezone, e.g. 2025-01-15T10:30:00Z.",
-            field,
-        ) from None
-
-
 @router.post(
     "/recover",
     **operation(
@@ -209,8 +214,8 @@ async def recover(request: Request, principal: Auth, id: str) -> Response:
     store = _store(request)
     settings: Settings = request.app.state.settings
     now = store.clock()
-    since = _time(body.since, "since")
-    until = now if body.until is MISSING else _time(body.until, "until")
+    since = parse_time(body.since, "since")
+    until = now if body.until is MISSING else parse_time(body.until, "until")
     retention_ms = settings.retention_days * _DAY_MS
     if since > now:
         raise ApiError(

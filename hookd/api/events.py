@@ -1,4 +1,5 @@
-"""``POST /v2/events``: publishing an event to every subscribed webhook (SPEC §4)."""
+"""Events (SPEC §4): publishing one to every subscribed webhook, listing them, and reading
+one with every delivery of it."""
 
 from __future__ import annotations
 
@@ -6,31 +7,48 @@ import json
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import MISSING, WithJsonSchema
 from starlette.responses import Response
 
 from hookd.api.auth import Principal, authenticate
-from hookd.api.render import JSONResponse
+from hookd.api.feed import Feed
+from hookd.api.pagination import Cursor, ListScope, cursors_for, page
+from hookd.api.render import JSONResponse, event_detail_json, event_json
 from hookd.api.routing import HookdRoute
-from hookd.api.schemas import EventIn, EventOut
+from hookd.api.schemas import (
+    TOPICS_LIST_PATTERN,
+    EventDetailOut,
+    EventIn,
+    EventList,
+    EventOut,
+    StreamEventOut,
+    component,
+)
 from hookd.api.spec import operation
+from hookd.api.stream import EventStreamResponse, stream_events
 from hookd.api.validation import (
     IDEMPOTENCY_KEY_PATTERN,
     anchored,
     full_match,
     parse_body,
+    parse_time,
     read_body,
 )
 from hookd.clock import iso_ms
 from hookd.errors import ApiError
+from hookd.ids import is_event_id
 from hookd.metrics import EVENTS
 from hookd.store import EventDraft, Store
-from hookd.topics import is_conversation_topic
+from hookd.store.events import FIRST_EVENT_PAGE
+from hookd.topics import TOPIC_SET, is_conversation_topic
 
-__all__ = ["encode_data", "router"]
+__all__ = ["encode_data", "lookup_router", "router"]
 
 router = APIRouter(prefix="/v2/events", tags=["Events"], route_class=HookdRoute)
+# /v2/events/{...}: routed after the webhook routes, whose paths have as many segments
+# (hookd.api.routing tries those in order): GET /v2/webhooks/{id} is the hotter route.
+lookup_router = APIRouter(prefix="/v2/events", tags=["Events"], route_class=HookdRoute)
 
 
 def encode_data(item: dict[str, Any], changes: list[dict[str, Any]]) -> str:
@@ -93,6 +111,7 @@ IdempotencyKey = Annotated[
         ok=(202, EventOut, "Accepted: stored, and queued to every subscribed webhook"),
         body=EventIn,
         headers=("Idempotent-Replayed",),
+        links={"getEvent": {"eventId": "$response.body#/id"}},
     ),
 )
 async def publish(
@@ -121,3 +140,146 @@ async def publish(
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+DateTime = Annotated[str | None, Query(max_length=64), WithJsonSchema(component("DateTime"))]
+TopicQuery = Annotated[str | None, WithJsonSchema(component("Topic"))]
+
+
+@router.get(
+    "",
+    **operation(
+        "listEvents",
+        "List events, newest first",
+        ok=(200, EventList, "A page of the organization's events, newest first"),
+    ),
+)
+async def list_events(
+    request: Request,
+    principal: Annotated[Principal, Depends(authenticate)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    cursor: Cursor = None,
+    topic: TopicQuery = None,
+    since: DateTime = None,
+    until: DateTime = None,
+) -> Response:
+    if topic is not None and topic not in TOPIC_SET:
+        raise ApiError(
+            400, "parameter_invalid", "topic must be one of the topics of /openapi.json.", "topic"
+        )
+    since_ms = None if since is None else parse_time(since, "since")
+    until_ms = None if until is None else parse_time(until, "until")
+    # The cursor belongs to the list with these filters, however their times were written.
+    scope = ListScope.of(
+        "events", principal.organization.id, topic=topic, since=since_ms, until=until_ms
+    )
+    cursors = await cursors_for(request)
+    before = cursors.decode_key(scope, cursor, is_key=is_event_id, first=FIRST_EVENT_PAGE)
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        # An empty window is an empty list, as a database query would answer, not an error.
+        return JSONResponse({"object": "list", "data": [], "nextCursor": None})
+    store: Store = request.app.state.store
+    found = await store.list_events(
+        principal.organization.id,
+        topic=topic,
+        since=since_ms,
+        until=until_ms,
+        before=before,
+        limit=limit + 1,
+    )
+    return JSONResponse(page(cursors, scope, found, limit, event_json, lambda e: (e.id,)))
+
+
+def _topics(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if len(value) > 2000:
+        raise ApiError(
+            400, "parameter_too_long", "topics must be at most 2000 characters long.", "topics"
+        )
+    topics = frozenset(value.split(","))
+    unknown = sorted(topics - TOPIC_SET)
+    if unknown:
+        shown = unknown[0] if len(unknown[0]) <= 60 else unknown[0][:57] + "..."
+        raise ApiError(
+            400,
+            "topic_unknown",
+            f"topics: {shown!r} is not a known topic; give topics separated by commas.",
+            "topics",
+        )
+    return topics
+
+
+@lookup_router.get(
+    "/stream",
+    response_class=EventStreamResponse,
+    **operation(
+        "streamEvents",
+        "Stream events as they are published (Server-Sent Events)",
+        ok=(
+            200,
+            StreamEventOut,
+            "Server-Sent Events: `event: ready`, then one message per event (`id`: the event "
+            "id, `data`: the delivery envelope with `webhookId: null`), comment lines as "
+            "heartbeats, and `event: error` before hookd ends the stream",
+        ),
+        media_type="text/event-stream",
+    ),
+)
+async def stream(
+    request: Request,
+    principal: Annotated[Principal, Depends(authenticate)],
+    topics: Annotated[
+        str | None,
+        Query(max_length=2000),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": TOPICS_LIST_PATTERN,
+                "maxLength": 2000,
+                "description": "Only these topics, separated by commas (default: every topic)",
+            }
+        ),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="Resume after this event: first every later one still kept",
+        ),
+        WithJsonSchema(component("EventId")),
+    ] = None,
+) -> Response:
+    wanted = _topics(topics)
+    if last_event_id is not None and not is_event_id(last_event_id.strip()):
+        raise ApiError(
+            400,
+            "parameter_invalid",
+            "Last-Event-ID must be the id of an event (notif_…) that this stream sent.",
+            "Last-Event-ID",
+        )
+    feed: Feed = request.app.state.feed
+    listener = await feed.subscribe(principal.organization.id, wanted)
+    resume = None if last_event_id is None else last_event_id.strip()
+    store: Store = request.app.state.store
+    return EventStreamResponse(stream_events(feed, listener, resume, store.clock))
+
+
+@lookup_router.get(
+    "/{eventId}",
+    **operation(
+        "getEvent",
+        "Get an event with its data and every delivery of it",
+        ok=(200, EventDetailOut, "The event, its data and its deliveries"),
+    ),
+)
+async def get_event(
+    request: Request, principal: Annotated[Principal, Depends(authenticate)], eventId: str
+) -> Response:
+    store: Store = request.app.state.store
+    found = (
+        await store.get_event(principal.organization.id, eventId) if is_event_id(eventId) else None
+    )
+    if found is None:
+        raise ApiError(404, "resource_missing", "No event has this id.", "eventId")
+    return JSONResponse(event_detail_json(found))

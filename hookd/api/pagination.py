@@ -162,11 +162,23 @@ class Cursors:
         return tuple(position)
 
     def decode_id(self, scope: ListScope, cursor: str | None) -> str:
-        """For lists ordered by id: the id to list below, or the first page's bound."""
+        """For lists ordered by ObjectId: the id to list below, or the first page's bound."""
+        return self.decode_key(scope, cursor)
+
+    def decode_key(
+        self,
+        scope: ListScope,
+        cursor: str | None,
+        *,
+        is_key: Callable[[str], bool] = is_object_id,
+        first: str = FIRST_PAGE,
+    ) -> str:
+        """For lists ordered by one string key (``is_key`` says what it looks like): the key
+        to list below, or ``first``, the first page's bound, without a cursor."""
         position = self.decode(scope, cursor)
         if position is None:
-            return FIRST_PAGE
-        if len(position) != 1 or not isinstance(position[0], str) or not is_object_id(position[0]):
+            return first
+        if len(position) != 1 or not isinstance(position[0], str) or not is_key(position[0]):
             raise _invalid()
         return position[0]
 

@@ -8,9 +8,16 @@ import orjson
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from hookd.clock import iso_ms, iso_or_none
-from hookd.store.records import Attempt, Delivery, Webhook
+from hookd.store.records import Attempt, Delivery, EventDetail, EventSummary, Webhook
 
-__all__ = ["JSONResponse", "attempt_json", "delivery_json", "webhook_json"]
+__all__ = [
+    "JSONResponse",
+    "attempt_json",
+    "delivery_json",
+    "event_detail_json",
+    "event_json",
+    "webhook_json",
+]
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -53,8 +60,11 @@ def webhook_json(w: Webhook) -> dict[str, Any]:
     }
 
 
-def delivery_json(d: Delivery) -> dict[str, Any]:
-    """A delivery in the log (SPEC §6)."""
+def delivery_json(d: Delivery, webhook_active: bool = True) -> dict[str, Any]:
+    """A delivery in the log (SPEC §6). ``nextAttemptAt`` is ``null`` when no attempt is
+    scheduled: the delivery is finished, or held because its webhook is not active (test
+    deliveries are sent whatever the webhook's status)."""
+    scheduled = d.status == "pending" and (webhook_active or d.is_test)
     return {
         "object": "webhook_delivery",
         "id": d.id,
@@ -63,7 +73,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
         "topic": d.topic,
         "status": d.status,
         "attemptCount": d.attempt_count,
-        "nextAttemptAt": iso_or_none(d.next_attempt_at) if d.status == "pending" else None,
+        "nextAttemptAt": iso_or_none(d.next_attempt_at) if scheduled else None,
         "lastAttemptAt": iso_or_none(d.last_attempt_at),
         "lastStatus": _last_status(d.last_status_code, d.last_status_message, d.last_attempt_at),
         "createdAt": iso_ms(d.created_at),
@@ -85,3 +95,39 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
         "responseBody": body,
         "error": a.error,
     }
+
+
+def event_json(e: EventSummary) -> dict[str, Any]:
+    """An event as lists and ``POST /v2/events`` show it (SPEC §4)."""
+    return {"object": "event", "id": e.id, "topic": e.topic, "createdAt": iso_ms(e.created_at)}
+
+
+# How encode_data (hookd.api.events) starts the stored data; what follows is {item, changes}.
+_DATA_PREFIX = '{"object":"notification_event_data",'
+
+
+def _published_data(stored: str) -> Any:
+    """The event's ``data`` as published, ``{item, changes}``: the stored envelope data
+    without its ``object``, embedded as it is (so integers beyond 64 bits stay exact)."""
+    if stored.startswith(_DATA_PREFIX):
+        return orjson.Fragment("{" + stored[len(_DATA_PREFIX) :])
+    data = orjson.loads(stored)
+    data.pop("object", None)
+    return data
+
+
+def event_detail_json(detail: EventDetail) -> dict[str, Any]:
+    """``GET /v2/events/{eventId}``: the event, its data and conversation fields (when it
+    carried them), and every delivery of it, oldest first."""
+    e = detail.event
+    body = event_json(EventSummary(e.id, e.topic, e.created_at))
+    if e.conversation_id is not None:
+        body["conversationId"] = e.conversation_id
+    if e.conversation_url is not None:
+        body["conversationUrl"] = e.conversation_url
+    body["data"] = _published_data(e.data)
+    statuses = detail.webhook_statuses
+    body["deliveries"] = [
+        delivery_json(d, statuses.get(d.webhook_id) == "active") for d in detail.deliveries
+    ]
+    return body

@@ -14,6 +14,7 @@ parameter refers to by ``$ref`` (:func:`ref`), so that generated clients get one
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -58,7 +59,9 @@ __all__ = [
     "DeliveryList",
     "DeliveryOut",
     "ErrorOut",
+    "EventDetailOut",
     "EventIn",
+    "EventList",
     "EventOut",
     "NotificationEvent",
     "RecoveryOut",
@@ -107,6 +110,9 @@ SETTABLE_WEBHOOK_STATUSES = ("active", "paused")
 _CONVERSATION_TOPICS: list[JsonValue] = [
     t for t in TOPICS if t.startswith(CONVERSATION_TOPIC_PREFIXES)
 ]
+_TOPIC_ALTERNATIVES = "|".join(re.escape(t) for t in TOPICS)
+#: A comma-separated list of topics (the event stream's ``topics``).
+TOPICS_LIST_PATTERN = f"^({_TOPIC_ALTERNATIVES})(,({_TOPIC_ALTERNATIVES}))*$"
 _ERROR_STATUSES = sorted({status for status, _ in ERROR_CODES.values()})
 
 #: Shared schemas, referred to by name (``ref``) from models, parameters and headers.
@@ -211,8 +217,30 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+MAX_GRACE_PERIOD_SECONDS = 604_800  # 7 days
+
+
+GracePeriodSeconds = Annotated[
+    int,
+    BeforeValidator(integral),
+    Field(ge=0, le=MAX_GRACE_PERIOD_SECONDS),
+    WithJsonSchema(
+        {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_GRACE_PERIOD_SECONDS,
+            "description": "Seconds the replaced secret keeps signing beside the new one "
+            "(at most 7 days; 0 ends every earlier grace period at once).",
+        }
+    ),
+]
+
+
 class SecretRefresh(_In):
-    """The refresh endpoint takes no parameters: hookd makes the secret."""
+    """hookd makes the new secret. Without ``gracePeriodSeconds`` (Featurebase's refresh) or
+    with ``0``, only the new secret signs from now on."""
+
+    gracePeriodSeconds: GracePeriodSeconds | MISSING = MISSING
 
 
 Name = Annotated[
@@ -443,6 +471,23 @@ class EventOut(BaseModel):
     createdAt: Timestamp
 
 
+class EventList(BaseModel):
+    object: Literal["list"]
+    data: list[EventOut]
+    nextCursor: str | None
+
+
+class ChangeOut(BaseModel):
+    field: str
+    oldValue: Any
+    newValue: Any
+
+
+class EventDataOut(BaseModel):
+    item: dict[str, Any]
+    changes: list[ChangeOut]
+
+
 class StatusOut(BaseModel):
     status: str
 
@@ -492,12 +537,6 @@ class AttemptOut(BaseModel):
     error: str | None
 
 
-class ChangeOut(BaseModel):
-    field: str
-    oldValue: Any
-    newValue: Any
-
-
 class NotificationEventData(BaseModel):
     object: Literal["notification_event_data"]
     item: dict[str, Any]
@@ -522,6 +561,31 @@ class NotificationEvent(BaseModel):
 class DeliveryDetailOut(DeliveryOut):
     payload: NotificationEvent
     attempts: list[AttemptOut]
+
+
+class EventDetailOut(EventOut):
+    conversationId: str | MISSING = Field(
+        default=MISSING, description="Present when the event was published with one"
+    )
+    conversationUrl: str | MISSING = Field(
+        default=MISSING, description="Present when the event was published with one"
+    )
+    data: EventDataOut
+    deliveries: list[DeliveryOut] = Field(
+        description="Every delivery of the event to the organization's webhooks, oldest first"
+    )
+
+
+class StreamEventOut(BaseModel):
+    """One Server-Sent Event of ``GET /v2/events/stream``: ``ready`` first (``data``: the
+    stream's organization and topics), then one per event (``id``: the event id, ``data``:
+    the delivery envelope with ``webhookId: null``), ``error`` before hookd ends the stream
+    (``data``: an error object). Heartbeats are comment lines."""
+
+    event: str | MISSING = MISSING
+    data: str | MISSING = MISSING
+    id: str | MISSING = MISSING
+    retry: int | MISSING = MISSING
 
 
 class RecoveryOut(BaseModel):

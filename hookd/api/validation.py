@@ -17,6 +17,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from hookd.clock import parse_rfc3339
 from hookd.errors import ApiError
 from hookd.topics import TOPIC_SET
 
@@ -40,6 +41,7 @@ __all__ = [
     "full_match",
     "integral",
     "parse_body",
+    "parse_time",
     "read_body",
     "url_pattern",
 ]
@@ -224,6 +226,25 @@ def check_url(value: str, *, allow_http: bool) -> str:
         "has an invalid host; use an ASCII host name (an internationalized one in its xn-- "
         "form) or an IP address, IPv6 in brackets",
     )
+
+
+# A query string's "+" arrives as a space (form encoding): "10:30:00 02:00" meant "+02:00".
+_SPACED_OFFSET = re.compile(r"(?<=\d) (?=\d\d:\d\d\Z)")
+
+
+def parse_time(value: str, field: str) -> int:
+    """Milliseconds for an RFC 3339 date-time with any offset (``Z`` or ``±hh:mm``; a ``+``
+    that arrived as a space in a query string is read as ``+``); a ``400`` naming ``field``
+    otherwise."""
+    try:
+        return parse_rfc3339(_SPACED_OFFSET.sub("+", value))
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400,
+            "parameter_invalid",
+            f"{field} must be an RFC 3339 date-time with a timezone, e.g. 2025-01-15T10:30:00Z.",
+            field,
+        ) from None
 
 
 def check_header_map(headers: dict[str, str]) -> dict[str, str]:

@@ -25,12 +25,14 @@ from hookd.api.spec import operation, webhook_id_param
 from hookd.api.validation import parse_body, read_body
 from hookd.errors import ApiError
 from hookd.ids import new_secret
+from hookd.logs import get_logger
 from hookd.settings import Settings
 from hookd.store import Store, Webhook
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v2/webhooks", tags=["Webhooks"], route_class=HookdRoute)
+log = get_logger("hookd.api")
 
 Auth = Annotated[Principal, Depends(authenticate)]
 DEFAULT_TIMEOUT_MS = 5000
@@ -196,10 +198,18 @@ async def delete_webhook(request: Request, principal: Auth, id: str) -> Response
 )
 async def refresh_secret(request: Request, principal: Auth, id: str) -> Response:
     webhook_id = webhook_id_param(id)
-    parse_body(await read_body(request), SecretRefresh)
+    body = parse_body(await read_body(request), SecretRefresh)
+    grace = 0 if body.gracePeriodSeconds is MISSING else body.gracePeriodSeconds
     updated = await _store(request).rotate_secret(
-        principal.organization.id, webhook_id, new_secret()
+        principal.organization.id, webhook_id, new_secret(), grace * 1000
     )
     if updated is None:
         raise missing()
+    log.info(
+        "secret.refreshed",
+        organization=principal.organization.id,
+        webhook=webhook_id,
+        grace_period_seconds=grace,
+        previous_secrets_live=len(updated.previous_secrets),
+    )
     return JSONResponse(webhook_json(updated))

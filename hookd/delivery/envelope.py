@@ -1,17 +1,46 @@
-"""The request body hookd POSTs: Featurebase's ``notification_event`` envelope (SPEC §5)."""
+"""The request hookd POSTs (SPEC §5): Featurebase's ``notification_event`` envelope, and the
+headers that go with it. ``hookd listen`` sends the same request to a local URL."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import orjson
 
+from hookd import __version__
 from hookd.clock import iso_ms
+from hookd.signing import signature_headers
 from hookd.store.records import ClaimedDelivery, Event
 
-__all__ = ["build_body", "event_body"]
+__all__ = ["USER_AGENT", "build_body", "event_body", "request_headers"]
+
+USER_AGENT = f"hookd/{__version__}"
 
 
-def event_body(event: Event, webhook_id: str, attempt_number: int) -> bytes:
-    """The body of attempt ``attempt_number`` (1-based) of ``event`` to ``webhook_id``."""
+def request_headers(
+    secrets: Sequence[str],
+    event_id: str,
+    topic: str,
+    attempt_number: int,
+    body: bytes,
+    timestamp: int,
+    custom: Iterable[tuple[str, str]] = (),
+) -> dict[str, str]:
+    """Every header of an attempt: the webhook's ``custom`` ones first, so that hookd's own
+    (the signatures over ``body`` with the live ``secrets``, newest first) override them."""
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        **dict(custom),
+        **signature_headers(secrets, event_id, timestamp, body),
+        "X-Webhook-Topic": topic,
+        "X-Webhook-Attempt": str(attempt_number),
+    }
+
+
+def event_body(event: Event, webhook_id: str | None, attempt_number: int) -> bytes:
+    """The body of attempt ``attempt_number`` (1-based) of ``event`` to ``webhook_id``
+    (``None``: to no webhook, as ``hookd listen`` forwards it)."""
     return _body(
         event.id,
         event.topic,
@@ -44,7 +73,7 @@ def _body(
     event_id: str,
     topic: str,
     organization_id: str,
-    webhook_id: str,
+    webhook_id: str | None,
     created_at: int,
     attempt_number: int,
     conversation_id: str | None,

@@ -31,18 +31,15 @@ import aiohttp
 import yarl
 from aiohttp.client_proto import ResponseHandler
 
-from hookd import __version__
 from hookd.clock import Clock, system_clock
-from hookd.delivery.envelope import build_body
+from hookd.delivery.envelope import USER_AGENT, build_body, request_headers
 from hookd.delivery.guard import AddressGuard, make_connector, refusal_from
 from hookd.delivery.resolver import AttemptBudget, LookupFailed, attempt_budget
-from hookd.signing import signer_for
-from hookd.store.records import ClaimedDelivery, record
+from hookd.store.records import ClaimedDelivery, live_secrets, record
 
 __all__ = ["MAX_RESPONSE_BODY", "USER_AGENT", "AttemptResult", "Sender"]
 
 MAX_RESPONSE_BODY = 4096
-USER_AGENT = f"hookd/{__version__}"
 
 
 @record
@@ -201,15 +198,16 @@ class Sender:
         """Make the next attempt of ``claimed``; never raises for the receiver's faults."""
         assert self._session is not None, "sender not started"
         body = build_body(claimed)
-        timestamp = self.clock() // 1000
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            **dict(claimed.headers),
-            **signer_for(claimed.secret).headers(claimed.event_id, timestamp, body),
-            "X-Webhook-Topic": claimed.topic,
-            "X-Webhook-Attempt": str(claimed.attempt_count + 1),
-        }
+        now = self.clock()
+        headers = request_headers(
+            live_secrets(claimed.secret, claimed.previous_secrets, now),
+            claimed.event_id,
+            claimed.topic,
+            claimed.attempt_count + 1,
+            body,
+            now // 1000,
+            claimed.headers,
+        )
         attempted_at = self.clock()
         started = time.perf_counter()
         timeout_ms = claimed.timeout_ms

@@ -478,6 +478,9 @@ class Worker:
         before_id = f"{max(0, cutoff // 1000):08x}" + "0" * 16
         total = 0
         try:
+            forgotten = await self.store.purge_expired_secrets()
+            if forgotten:
+                log.info("expired previous secrets forgotten", webhooks=forgotten)
             while not self._stopping:
                 removed = await self.store.purge(
                     cutoff, before_id, _PURGE_BATCH, now - _DAY_MS, now - 120_000

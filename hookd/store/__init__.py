@@ -14,7 +14,7 @@ from hookd.clock import Clock, system_clock
 from hookd.store import deliveries, events, instance, queue, tenants, webhooks
 from hookd.store.events import EventDraft
 from hookd.store.postgres import PostgresDriver
-from hookd.store.queries import Op
+from hookd.store.queries import EventSink, Op
 from hookd.store.queue import ClaimRequest, Settlement
 from hookd.store.records import (
     ApiKey,
@@ -23,6 +23,8 @@ from hookd.store.records import (
     ClaimedDelivery,
     Delivery,
     Event,
+    EventDetail,
+    EventSummary,
     Heartbeat,
     Organization,
     Peer,
@@ -39,7 +41,10 @@ __all__ = [
     "Delivery",
     "Driver",
     "Event",
+    "EventDetail",
     "EventDraft",
+    "EventSink",
+    "EventSummary",
     "Heartbeat",
     "Organization",
     "Peer",
@@ -64,6 +69,7 @@ class Driver(Protocol):
     async def work(self, op: Op[T]) -> T: ...
     def notify_work(self) -> None: ...
     async def wait_for_work(self, timeout: float) -> bool: ...
+    async def listen_events(self, sink: EventSink) -> None: ...
 
 
 def open_driver(
@@ -175,11 +181,16 @@ class Store:
         )
 
     async def rotate_secret(
-        self, organization_id: str, webhook_id: str, secret: str
+        self, organization_id: str, webhook_id: str, secret: str, grace_ms: int = 0
     ) -> Webhook | None:
+        """Replace the webhook's secret; the old one stays live for ``grace_ms`` (0: dies
+        at once, with every earlier one). ``None`` if there is no such webhook."""
         return await self.driver.write(
-            webhooks.rotate_secret(organization_id, webhook_id, secret, self.clock())
+            webhooks.rotate_secret(organization_id, webhook_id, secret, grace_ms, self.clock())
         )
+
+    async def purge_expired_secrets(self) -> int:
+        return await self.driver.write(webhooks.purge_expired_secrets(self.clock()))
 
     # Events.
 
@@ -219,13 +230,49 @@ class Store:
                 return queued
             after = (page.after_at, page.after_id)
 
+    async def list_events(
+        self,
+        organization_id: str,
+        *,
+        topic: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: str | None = None,
+        limit: int = 10,
+    ) -> list[EventSummary]:
+        """Published events (no test events) with ids below ``before`` (``None``: from the
+        newest), newest first, of one ``topic`` if given, created in ``[since, until)`` (ms;
+        either bound optional)."""
+        return await self.driver.read(
+            events.list_events(organization_id, topic, since, until, before, limit), snapshot=True
+        )
+
+    async def get_event(self, organization_id: str, event_id: str) -> EventDetail | None:
+        """The organization's event with every delivery of it; ``None`` if it has none such."""
+        return await self.driver.read(events.get_event(organization_id, event_id), snapshot=True)
+
+    async def events_after(self, organization_id: str, after: str, limit: int) -> list[Event]:
+        """Published events with ids above ``after``, oldest first (a stream catching up)."""
+        return await self.driver.read(
+            events.events_after(organization_id, after, limit), snapshot=True
+        )
+
+    async def events_by_ids(self, ids: list[str]) -> list[Event]:
+        return await self.driver.read(events.events_by_ids(ids))
+
     # The delivery log.
 
     async def list_deliveries(
-        self, webhook_id: str, status: str | None, before: str, limit: int
+        self,
+        webhook_id: str,
+        status: str | None,
+        before: str,
+        limit: int,
+        event_id: str | None = None,
     ) -> list[Delivery]:
         return await self.driver.read(
-            deliveries.list_deliveries(webhook_id, status, before, limit), snapshot=status is None
+            deliveries.list_deliveries(webhook_id, status, before, limit, event_id),
+            snapshot=status is None and event_id is None,
         )
 
     async def get_delivery(
@@ -282,6 +329,11 @@ class Store:
 
     def notify_work(self) -> None:
         self.driver.notify_work()
+
+    async def listen_events(self, sink: EventSink) -> None:
+        """Tell ``sink`` of the events published from now on (every API process's on
+        PostgreSQL, this one's on SQLite); returns once it will hear them."""
+        await self.driver.listen_events(sink)
 
     async def wait_for_work(self, timeout: float) -> bool:
         return await self.driver.wait_for_work(timeout)

@@ -11,13 +11,25 @@ __all__ = ["get_delivery", "list_deliveries", "retry_delivery"]
 
 
 def list_deliveries(
-    webhook_id: str, status: str | None, before: str, limit: int
+    webhook_id: str, status: str | None, before: str, limit: int, event_id: str | None = None
 ) -> Op[list[Delivery]]:
-    """Up to ``limit`` deliveries of the webhook with ids below ``before``, newest first.
+    """Up to ``limit`` deliveries of the webhook with ids below ``before``, newest first,
+    of one ``status`` and one event's (``event_id``) if given.
 
     Without a status, the page of each status (read from the ``(webhook_id, status, id)``
     index) is merged: no index of its own has to be kept up to date on every delivery
-    written. Run it as a snapshot read, so that the pages see one state."""
+    written. Run it as a snapshot read, so that the pages see one state. One event's
+    deliveries are a few rows of the ``(event_id, webhook_id)`` index, read at once."""
+    if event_id is not None:
+        page = yield rows(
+            "delivery_list_event",
+            event_id=event_id,
+            webhook_id=webhook_id,
+            status=status,
+            before=before,
+            limit=limit,
+        )
+        return [Delivery.from_row(r) for r in page]
     found: list[Any] = []
     for wanted in (status,) if status is not None else DELIVERY_STATUSES:
         found += yield rows(

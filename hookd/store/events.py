@@ -1,18 +1,24 @@
-"""Store operations that create deliveries: publishing, test events and recovery."""
+"""Store operations on events: publishing (which creates deliveries), test events, recovery,
+and reading events back (the list, one event with its deliveries, a stream's catch-up)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from hookd.ids import new_event_id, new_object_id
-from hookd.store.queries import Op, many, notify, one, rows, run
-from hookd.store.records import Delivery, Event, _json_list, record
+from hookd.ids import EVENT_ID_PREFIX, event_id_floor, new_event_id, new_object_id
+from hookd.store.queries import Op, announce, many, notify, one, rows, run
+from hookd.store.records import Delivery, Event, EventDetail, EventSummary, _json_list, record
 
 __all__ = [
+    "FIRST_EVENT_PAGE",
     "IDEMPOTENCY_TTL_MS",
     "EventDraft",
     "create_test_delivery",
+    "events_after",
+    "events_by_ids",
+    "get_event",
+    "list_events",
     "publish",
     "publish_in_one_statement",
     "recover_chunk",
@@ -108,6 +114,7 @@ def publish(
     if batch:
         yield many("delivery_insert", batch)
         yield notify()
+    yield announce(organization_id, event_id)
     return event_id, draft.topic, now, True
 
 
@@ -140,6 +147,7 @@ def publish_in_one_statement(
         return first["id"], first["topic"], first["created_at"], False
     if written["deliveries"]:
         yield notify()
+    yield announce(organization_id, event_id)
     return event_id, draft.topic, now, True
 
 
@@ -205,3 +213,61 @@ def recover_chunk(
         return RecoveryPage(0, after[0], after[1], True)
     last = page[-1]
     return RecoveryPage(len(missing), last["created_at"], last["id"], len(page) < _RECOVER_CHUNK)
+
+
+# Sorts above every event id (hex digits and "-" sort below "g"): the newest page's bound.
+FIRST_EVENT_PAGE = EVENT_ID_PREFIX + "g"
+
+
+def list_events(
+    organization_id: str,
+    topic: str | None,
+    since: int | None,
+    until: int | None,
+    before: str | None,
+    limit: int,
+) -> Op[list[EventSummary]]:
+    """Up to ``limit`` published events with ids below ``before`` (``None``: from the
+    newest), newest first, of one ``topic`` if given, created in ``[since, until)`` (either
+    bound optional). Run it in a transaction (a snapshot read), where ``custom_plans``
+    applies."""
+    before = FIRST_EVENT_PAGE if before is None else before
+    params = {
+        "organization_id": organization_id,
+        "before": before if until is None else min(before, event_id_floor(until)),
+        "low": event_id_floor(0 if since is None else since),
+        "limit": limit,
+    }
+    yield run("custom_plans")
+    if topic is None:
+        found = yield rows("event_list", **params)
+    else:
+        found = yield rows("event_list_topic", topic=topic, **params)
+    return [EventSummary.from_row(r) for r in found]
+
+
+def get_event(organization_id: str, event_id: str) -> Op[EventDetail | None]:
+    """The organization's event with its deliveries; ``None`` for another's or none."""
+    row = yield one("event_get_in_org", id=event_id, organization_id=organization_id)
+    if row is None:
+        return None
+    found = yield rows("event_deliveries", event_id=event_id, organization_id=organization_id)
+    return EventDetail(
+        Event.from_row(row),
+        tuple(Delivery.from_row(r) for r in found),
+        {r["webhook_id"]: r["webhook_status"] for r in found},
+    )
+
+
+def events_after(organization_id: str, after: str, limit: int) -> Op[list[Event]]:
+    """Up to ``limit`` published events with ids above ``after``, oldest first (in a
+    transaction: see :func:`list_events`)."""
+    yield run("custom_plans")
+    found = yield rows("events_after", organization_id=organization_id, after=after, limit=limit)
+    return [Event.from_row(r) for r in found]
+
+
+def events_by_ids(ids: list[str]) -> Op[list[Event]]:
+    """The events of ``ids`` that exist (in any order)."""
+    found = yield rows("events_by_ids", ids=ids)
+    return [Event.from_row(r) for r in found]

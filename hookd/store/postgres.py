@@ -1,16 +1,18 @@
-"""The PostgreSQL driver: an asyncpg pool, and LISTEN/NOTIFY to wake workers."""
+"""The PostgreSQL driver: an asyncpg pool, and LISTEN/NOTIFY to wake workers and to tell
+every API process's event streams which events were published."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
 from hookd.errors import DatabaseUnavailable
-from hookd.store.queries import Op, Query, Statement, drive, load_queries
+from hookd.store.queries import EventSink, Op, Published, Query, Statement, drive, load_queries
 
 __all__ = ["PostgresDriver"]
 
@@ -18,6 +20,11 @@ T = TypeVar("T")
 log = logging.getLogger("hookd.store")
 
 CHANNEL = "hookd_work"
+# Payload: "organization_id/event_id" pairs separated by spaces, within NOTIFY's 8000 bytes.
+EVENTS_CHANNEL = "hookd_events"
+_PAYLOAD_MAX = 7900
+# Every notification of a batch in one statement: the channels and payloads as arrays.
+_NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)"
 
 # Errors that mean "the database is not there right now", as opposed to a bug in hookd.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -40,12 +47,41 @@ def _args(query: Query, params: Any) -> list[Any]:
     return [params[name] for name in query.param_order]
 
 
+def _notifications(work: bool, published: Published) -> tuple[list[str], list[str]]:
+    """The channels and payloads that announce work and ``published`` events."""
+    channels, payloads = ([CHANNEL], [""]) if work else ([], [])
+    chunk: list[str] = []
+    size = 0
+    for organization_id, event_id in published:
+        pair = f"{organization_id}/{event_id}"
+        if chunk and size + len(pair) + 1 > _PAYLOAD_MAX:
+            channels.append(EVENTS_CHANNEL)
+            payloads.append(" ".join(chunk))
+            chunk, size = [], 0
+        chunk.append(pair)
+        size += len(pair) + 1
+    if chunk:
+        channels.append(EVENTS_CHANNEL)
+        payloads.append(" ".join(chunk))
+    return channels, payloads
+
+
+def _published_in(payload: str) -> list[tuple[str, str]]:
+    found = []
+    for pair in payload.split(" "):
+        organization_id, slash, event_id = pair.partition("/")
+        if slash:
+            found.append((organization_id, event_id))
+    return found
+
+
 class _Session:
     def __init__(self, conn: asyncpg.Connection, queries: dict[str, Query]) -> None:
         self.conn = conn
         self.queries = queries
         self.executed = 0
         self.notify = False
+        self.announced: list[tuple[str, str]] = []
 
     async def execute(self, st: Statement) -> Any:
         result = await self._execute(st)
@@ -57,6 +93,10 @@ class _Session:
             # Sent after the commit, coalesced (see PostgresDriver._announce): a NOTIFY inside
             # the transaction would serialise every publishing commit on the notify queue.
             self.notify = True
+            return None
+        if st.mode == "announce":
+            # Sent after the commit too, with the work notification (see _announce).
+            self.announced.append((st.params["organization_id"], st.params["event_id"]))
             return None
         query = self.queries[st.name]
         sql = query.positional_sql
@@ -105,7 +145,10 @@ class PostgresDriver:
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[None] | None = None
-        self._announce_again = False
+        self._notify_work = False
+        self._notify_published: list[tuple[str, str]] = []
+        self._sinks: list[EventSink] = []
+        self._listening = asyncio.Event()
         # The delivery worker's own connections: its operations never queue behind API
         # requests for a pooled connection, and its session settings suit its statements.
         self._worker_pool: asyncpg.Pool | None = None
@@ -179,8 +222,8 @@ class PostgresDriver:
                             result = await session.run_first(op, first)
                     else:
                         result = await session.run_first(op, first)
-                    if session.notify:
-                        self._announce()
+                    if session.notify or session.announced:
+                        self._announce(session.notify, session.announced)
                     return result
             except _UNAVAILABLE as exc:
                 # Outside a transaction a write may have committed before the connection
@@ -234,38 +277,55 @@ class PostgresDriver:
     def notify_work(self) -> None:
         self._work.set()
 
-    def _announce(self) -> None:
-        """Tell every worker (this process's at once, others by NOTIFY) that work is waiting.
+    def _announce(self, work: bool, published: Sequence[tuple[str, str]]) -> None:
+        """Tell every worker that work is waiting (this process's at once, others by NOTIFY)
+        and every API process's event streams, this one's included, which events were
+        published (by NOTIFY: a listener hears its own).
 
-        NOTIFYs are coalesced: at most one is in flight, and requests made meanwhile are
-        covered by one more sent after it, so a burst of publishes costs two notifications.
+        NOTIFYs are coalesced: at most one statement is in flight, and what is asked for
+        meanwhile goes in one more after it, so a burst of publishes costs two statements.
         """
-        self._work.set()
+        if work:
+            self._work.set()
+            self._notify_work = True
+        self._notify_published.extend(published)
         if self._announcing is None:
             self._announcing = asyncio.get_running_loop().create_task(self._send_notifies())
-        else:
-            self._announce_again = True
 
     async def _send_notifies(self) -> None:
         assert self._pool is not None
         try:
-            while True:
-                self._announce_again = False
+            while self._notify_work or self._notify_published:
+                work, self._notify_work = self._notify_work, False
+                published, self._notify_published = self._notify_published, []
                 try:
                     async with self._pool.acquire(timeout=10) as conn:
-                        await conn.execute(f"SELECT pg_notify('{CHANNEL}', '')")
+                        await conn.execute(_NOTIFY, *_notifications(work, published))
                 except _UNAVAILABLE as exc:
-                    # Other workers still find the work by their poll.
+                    # Other workers still find the work by their poll; streams miss these
+                    # events (a listener resumes them with Last-Event-ID).
                     log.warning("NOTIFY failed (%s)", type(exc).__name__)
-                if not self._announce_again:
-                    return
         finally:
             self._announcing = None
 
-    async def wait_for_work(self, timeout: float) -> bool:
-        """Wait for a NOTIFY (or a local signal) or ``timeout`` seconds; True if signalled."""
+    async def listen_events(self, sink: EventSink) -> None:
+        """Tell ``sink`` of every event published through any process on this database;
+        returns once this process is listening (``DatabaseUnavailable`` if it cannot)."""
+        if sink not in self._sinks:
+            self._sinks.append(sink)
+        self._start_listening()
+        try:
+            await asyncio.wait_for(self._listening.wait(), 10)
+        except TimeoutError:
+            raise DatabaseUnavailable("could not LISTEN for published events") from None
+
+    def _start_listening(self) -> None:
         if self._listen_task is None:
             self._listen_task = asyncio.create_task(self._listen_forever())
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait for a NOTIFY (or a local signal) or ``timeout`` seconds; True if signalled."""
+        self._start_listening()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._work.wait(), timeout)
         signalled = self._work.is_set()
@@ -280,15 +340,22 @@ class PostgresDriver:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(EVENTS_CHANNEL, self._on_published)
                 self._listener = conn
-                # Anything published while we were not listening is found by this wake-up.
+                # Anything published while we were not listening is found by this wake-up,
+                # and by the streams, which read it back.
                 self._work.set()
+                self._listening.set()
                 await lost.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("LISTEN connection failed (%s); retrying", type(exc).__name__)
             finally:
+                if self._listening.is_set():
+                    self._listening.clear()
+                    for sink in self._sinks:
+                        sink.events_missed()
                 if self._listener is not None:
                     with contextlib.suppress(Exception):
                         await self._listener.close()
@@ -297,3 +364,11 @@ class PostgresDriver:
 
     def _on_notify(self, *_args: Any) -> None:
         self._work.set()
+
+    def _on_published(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        published = _published_in(payload)
+        for sink in self._sinks:
+            try:
+                sink.events_published(published)
+            except Exception:
+                log.exception("an event sink failed")

@@ -12,14 +12,16 @@ import re
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from hookd.store.records import Conflict, record
 
 __all__ = [
+    "EventSink",
     "Op",
     "Query",
     "Statement",
+    "announce",
     "drive",
     "load_queries",
     "many",
@@ -32,7 +34,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-Mode = Literal["rows", "one", "value", "run", "many", "notify"]
+Mode = Literal["rows", "one", "value", "run", "many", "notify", "announce"]
 
 
 @record
@@ -43,7 +45,8 @@ class Statement:
     the first row or ``None``, ``run`` → the number of rows changed, ``many`` → runs the
     statement once per parameter mapping in ``batch`` and returns ``None``; ``notify`` wakes
     the workers once the transaction commits (PostgreSQL ``NOTIFY``, an in-process signal on
-    SQLite).
+    SQLite); ``announce`` tells the event streams of every API process (SQLite: this one) that
+    an event was published, once the transaction commits.
     """
 
     name: str
@@ -54,6 +57,22 @@ class Statement:
 
 Op = Generator[Statement, Any, T]
 """A store operation: yields statements, receives their results, returns its answer."""
+
+
+Published = Sequence[tuple[str, str]]
+"""Events announced as published: ``(organization_id, event_id)`` pairs."""
+
+
+class EventSink(Protocol):
+    """What hears of published events (the event streams of ``GET /v2/events/stream``).
+    Both methods are called on the event loop and must return at once."""
+
+    def events_published(self, published: Published) -> None:
+        """These events were committed (in this process, or on PostgreSQL in any)."""
+
+    def events_missed(self) -> None:
+        """Announcements may have been lost (the database connection that hears them was
+        down): anything published meanwhile must be read back from the database."""
 
 
 async def drive(
@@ -104,6 +123,12 @@ def many(name: str, batch: Sequence[Mapping[str, Any]]) -> Statement:
 
 def notify() -> Statement:
     return Statement("notify_work", "notify", {})
+
+
+def announce(organization_id: str, event_id: str) -> Statement:
+    return Statement(
+        "announce_event", "announce", {"organization_id": organization_id, "event_id": event_id}
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, dataclass_transform, get_args
 
@@ -20,10 +21,16 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Event",
+    "EventDetail",
+    "EventSummary",
     "Heartbeat",
     "Organization",
     "Peer",
+    "PreviousSecrets",
     "Webhook",
+    "dump_previous_secrets",
+    "live_secrets",
+    "previous_secrets",
     "record",
 ]
 
@@ -54,6 +61,30 @@ def _json_list(text: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=4096)
 def _json_map(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(orjson.loads(text).items())
+
+
+PreviousSecrets = tuple[tuple[str, int], ...]
+"""Secrets a rotation keeps live for a grace period: ``(secret, expires_at)``, newest first."""
+
+
+@functools.lru_cache(maxsize=4096)
+def previous_secrets(text: str) -> PreviousSecrets:
+    """``webhooks.previous_secrets`` (JSON ``[{"secret", "expiresAt"}]``) as tuples."""
+    if text == "[]":
+        return ()
+    return tuple((entry["secret"], int(entry["expiresAt"])) for entry in orjson.loads(text))
+
+
+def dump_previous_secrets(entries: PreviousSecrets) -> str:
+    return orjson.dumps([{"secret": s, "expiresAt": at} for s, at in entries]).decode()
+
+
+def live_secrets(secret: str, previous: PreviousSecrets, now: int) -> list[str]:
+    """The secrets that sign an attempt made at ``now``: the current one, then those whose
+    grace period has not ended, newest first."""
+    if not previous:
+        return [secret]
+    return [secret, *(s for s, expires_at in previous if expires_at > now)]
 
 
 @record
@@ -120,6 +151,7 @@ class Webhook:
     timeout_ms: int
     headers: tuple[tuple[str, str], ...]
     secret: str
+    previous_secrets: PreviousSecrets
     version: str
     created_at: int
     updated_at: int
@@ -145,6 +177,7 @@ class Webhook:
             timeout_ms=row["timeout_ms"],
             headers=_json_map(row["headers"]),
             secret=row["secret"],
+            previous_secrets=previous_secrets(row["previous_secrets"]),
             version=row["version"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -182,6 +215,19 @@ class Event:
             bool(row["is_test"]),
             row["created_at"],
         )
+
+
+@record
+class EventSummary:
+    """An event as lists show it."""
+
+    id: str
+    topic: str
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> EventSummary:
+        return cls(row["id"], row["topic"], row["created_at"])
 
 
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
@@ -271,6 +317,7 @@ class ClaimedDelivery:
     organization_id: str
     url: str
     secret: str
+    previous_secrets: PreviousSecrets
     headers: tuple[tuple[str, str], ...]
     timeout_ms: int
 
@@ -292,6 +339,7 @@ class ClaimedDelivery:
             organization_id=row["organization_id"],
             url=row["url"],
             secret=row["secret"],
+            previous_secrets=previous_secrets(row["previous_secrets"]),
             headers=_json_map(row["headers"]),
             timeout_ms=row["timeout_ms"],
         )
@@ -326,3 +374,14 @@ class Heartbeat:
     peers: tuple[Peer, ...]
     reaped: tuple[str, ...]
     released: int
+
+
+@record
+class EventDetail:
+    """An event with every delivery of it to the organization's webhooks, oldest first, and
+    the status of each delivery's webhook (``active``, ``paused``, ``suspended``), which says
+    whether a pending delivery is held."""
+
+    event: Event
+    deliveries: tuple[Delivery, ...]
+    webhook_statuses: Mapping[str, str]

@@ -94,6 +94,9 @@ webhooks = Table(
     Column("timeout_ms", Integer, nullable=False),
     Column("headers", Text, nullable=False),  # JSON object
     Column("secret", Text, nullable=False),
+    # Secrets still live after a rotation with a grace period: a JSON array of
+    # {"secret", "expiresAt"}, newest first (migration 0005).
+    Column("previous_secrets", Text, nullable=False, server_default=text("'[]'")),
     Column("version", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
@@ -137,6 +140,23 @@ events = Table(
     Column("created_at", BigInteger, nullable=False),
     Index("ix_events_organization_created", "organization_id", "created_at"),
     Index("ix_events_created", "created_at"),
+    # GET /v2/events, newest first by id (a UUIDv7 whose time is created_at); test events
+    # are never listed (migration 0005).
+    Index(
+        "ix_events_organization_list",
+        "organization_id",
+        "id",
+        sqlite_where=text("NOT is_test"),
+        postgresql_where=text("NOT is_test"),
+    ),
+    Index(
+        "ix_events_organization_topic",
+        "organization_id",
+        "topic",
+        "id",
+        sqlite_where=text("NOT is_test"),
+        postgresql_where=text("NOT is_test"),
+    ),
 )
 
 idempotency_keys = Table(

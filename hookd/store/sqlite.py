@@ -27,7 +27,15 @@ from typing import Any, TypeVar
 import orjson
 
 from hookd.errors import DatabaseUnavailable
-from hookd.store.queries import Op, Query, Statement, drive, load_queries
+from hookd.store.queries import (
+    EventSink,
+    Op,
+    Published,
+    Query,
+    Statement,
+    drive,
+    load_queries,
+)
 
 __all__ = ["SqliteDriver"]
 
@@ -93,10 +101,14 @@ class _Session:
         self.conn = conn
         self.queries = queries
         self.notify = False
+        self.announced: list[tuple[str, str]] = []
 
     def execute(self, st: Statement) -> Any:
         if st.mode == "notify":
             self.notify = True
+            return None
+        if st.mode == "announce":
+            self.announced.append((st.params["organization_id"], st.params["event_id"]))
             return None
         sql = self.queries[st.name].sql
         if st.mode == "many":
@@ -196,6 +208,7 @@ class SqliteDriver:
         )
         self._checkpointing: asyncio.Future[None] | None = None
         self._last_checkpoint = 0.0
+        self._sinks: list[EventSink] = []
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -261,6 +274,19 @@ class SqliteDriver:
     def notify_work(self) -> None:
         self._work.set()
 
+    async def listen_events(self, sink: EventSink) -> None:
+        """Tell ``sink`` of every event this process publishes, once committed (one process
+        owns a SQLite database's API, so nothing is published elsewhere)."""
+        if sink not in self._sinks:
+            self._sinks.append(sink)
+
+    def _published(self, published: Published) -> None:
+        for sink in self._sinks:
+            try:
+                sink.events_published(published)
+            except Exception:
+                log.exception("an event sink failed")
+
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait until new work is signalled or ``timeout`` seconds pass; True if signalled."""
         with contextlib.suppress(TimeoutError):
@@ -291,6 +317,7 @@ class SqliteDriver:
                 batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
                 results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
                 notify = False
+                published: list[tuple[str, str]] = []
                 try:
                     self._check_file()
                     await self._begin(conn)
@@ -306,12 +333,14 @@ class SqliteDriver:
 
                     for op, future in batch:
                         conn.execute("SAVEPOINT job")
+                        announced = len(session.announced)
                         try:
                             value = await session.drive(op, offload)
                         except Exception as exc:
                             conn.execute("ROLLBACK TO job")
                             conn.execute("RELEASE job")
                             session.notify = notify
+                            del session.announced[announced:]
                             results.append((future, None, self._translate(exc)))
                         else:
                             conn.execute("RELEASE job")
@@ -322,6 +351,7 @@ class SqliteDriver:
                         await self._loop.run_in_executor(self._executor, conn.execute, "COMMIT")
                     else:
                         conn.execute("COMMIT")
+                    published = session.announced
                     self._maybe_checkpoint()
                 except (sqlite3.Error, DatabaseUnavailable) as exc:
                     with contextlib.suppress(sqlite3.Error):
@@ -330,6 +360,7 @@ class SqliteDriver:
                     failure = self._translate(exc)
                     results = [(future, None, failure) for _, future in batch]
                     notify = False
+                    published = []
                 for future, result, error in results:
                     if future.done():
                         continue
@@ -339,6 +370,8 @@ class SqliteDriver:
                         future.set_exception(error)
                 if notify:
                     self._work.set()
+                if published:
+                    self._published(published)
         finally:
             self._flusher = None
 

@@ -9,8 +9,8 @@ import orjson
 
 from hookd.errors import ApiError
 from hookd.ids import new_object_id
-from hookd.store.queries import Op, notify, one, rows, run, value
-from hookd.store.records import Webhook
+from hookd.store.queries import Op, many, notify, one, rows, run, value
+from hookd.store.records import PreviousSecrets, Webhook, dump_previous_secrets, previous_secrets
 
 __all__ = [
     "EDITABLE",
@@ -19,6 +19,7 @@ __all__ = [
     "delete_webhook",
     "get_webhook",
     "list_webhooks",
+    "purge_expired_secrets",
     "rotate_secret",
     "update_webhook",
 ]
@@ -28,6 +29,8 @@ FIRST_PAGE = "g"
 PAYLOAD_VERSION = "1.0"
 
 EDITABLE = ("name", "url", "description", "topics", "status", "timeout_ms", "headers")
+# Previous secrets a webhook keeps live at once during grace periods (SPEC §3).
+MAX_PREVIOUS_SECRETS = 10
 
 
 def _dump(value: Any) -> str:
@@ -140,17 +143,49 @@ def delete_webhook(organization_id: str, webhook_id: str, now: int) -> Op[bool]:
 
 
 def rotate_secret(
-    organization_id: str, webhook_id: str, secret: str, now: int
+    organization_id: str, webhook_id: str, secret: str, grace_ms: int, now: int
 ) -> Op[Webhook | None]:
+    """Make ``secret`` the webhook's secret; ``None`` if there is no such webhook.
+
+    With ``grace_ms`` > 0 the replaced secret stays live (it signs attempts too) for that
+    long, ahead of the earlier ones still live, at most :data:`MAX_PREVIOUS_SECRETS` of them
+    (the oldest drop first). With 0 only the new secret is live: every grace period ends.
+    """
     row = yield one("webhook_get_locked", id=webhook_id, organization_id=organization_id)
     if row is None:
         return None
+    kept: PreviousSecrets = ()
+    if grace_ms > 0:
+        live = [p for p in previous_secrets(row["previous_secrets"]) if p[1] > now]
+        kept = tuple([(row["secret"], now + grace_ms), *live][:MAX_PREVIOUS_SECRETS])
     yield run(
         "webhook_rotate_secret",
         id=webhook_id,
         organization_id=organization_id,
         secret=secret,
+        previous_secrets=dump_previous_secrets(kept),
         now=max(now, row["updated_at"] + 1),
     )
     row = yield one("webhook_get", id=webhook_id, organization_id=organization_id)
     return Webhook.from_row(row)
+
+
+def purge_expired_secrets(now: int) -> Op[int]:
+    """Forget the previous secrets whose grace period has ended; returns how many webhooks
+    lost some. (Signing already ignores them; this keeps no dead secret stored.)"""
+    found = yield rows("webhooks_with_previous_secrets")
+    changes = []
+    for row in found:
+        entries = previous_secrets(row["previous_secrets"])
+        live = tuple(p for p in entries if p[1] > now)
+        if live != entries:
+            changes.append(
+                {
+                    "id": row["id"],
+                    "old": row["previous_secrets"],
+                    "new": dump_previous_secrets(live),
+                }
+            )
+    if changes:
+        yield many("webhook_previous_secrets_set", changes)
+    return len(changes)

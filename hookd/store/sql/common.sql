@@ -96,8 +96,15 @@ SET avg_response_time = 0, response_samples = 0, last_response_time = 0,
 WHERE id = :id;
 
 -- name: webhook_rotate_secret
-UPDATE webhooks SET secret = :secret, updated_at = :now
+UPDATE webhooks SET secret = :secret, previous_secrets = :previous_secrets, updated_at = :now
 WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL;
+
+-- name: webhooks_with_previous_secrets
+SELECT id, previous_secrets FROM webhooks WHERE previous_secrets <> '[]';
+
+-- name: webhook_previous_secrets_set
+-- Unless a rotation changed them since they were read.
+UPDATE webhooks SET previous_secrets = :new WHERE id = :id AND previous_secrets = :old;
 
 -- name: webhook_delete
 UPDATE webhooks SET deleted_at = :now, updated_at = :now
@@ -130,6 +137,41 @@ VALUES (:id, :organization_id, :topic, :data, :conversation_id, :conversation_ur
 -- name: event_get
 SELECT * FROM events WHERE id = :id;
 
+-- name: event_list
+-- An organization's published events, newest first, by id: an event id starts with its
+-- created_at (a UUIDv7), so the time window and the cursor are exactly the id range
+-- [:low, :before), one range of ix_events_organization_list. (A created_at condition beside
+-- it would only mislead the planner, which takes the two for independent.)
+SELECT id, topic, created_at FROM events
+WHERE organization_id = :organization_id AND NOT is_test AND id < :before AND id >= :low
+ORDER BY id DESC LIMIT :limit;
+
+-- name: event_list_topic
+-- The same for one topic, one range of ix_events_organization_topic.
+SELECT id, topic, created_at FROM events
+WHERE organization_id = :organization_id AND topic = :topic AND NOT is_test
+  AND id < :before AND id >= :low
+ORDER BY id DESC LIMIT :limit;
+
+-- name: custom_plans
+-- SQLite plans every statement anew.
+SELECT 1;
+
+-- name: event_get_in_org
+SELECT * FROM events WHERE id = :id AND organization_id = :organization_id;
+
+-- name: event_deliveries
+-- Every delivery of an event to a webhook of the organization, oldest first, with whether
+-- its webhook is active (a paused or suspended webhook's deliveries are held).
+SELECT d.*, w.status AS webhook_status FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+WHERE d.event_id = :event_id AND w.organization_id = :organization_id AND w.deleted_at IS NULL
+ORDER BY d.id;
+
+-- name: events_after
+-- The organization's published events after an id, oldest first (a stream's resumption).
+SELECT * FROM events WHERE organization_id = :organization_id AND NOT is_test AND id > :after
+ORDER BY id LIMIT :limit;
+
 -- name: delivery_insert
 INSERT INTO deliveries (id, webhook_id, event_id, topic, is_test, status, attempt_count,
                         next_attempt_at, created_at)
@@ -140,6 +182,12 @@ SELECT * FROM deliveries WHERE id = :id AND webhook_id = :webhook_id;
 
 -- name: delivery_list
 SELECT * FROM deliveries WHERE webhook_id = :webhook_id AND status = :status AND id < :before
+ORDER BY id DESC LIMIT :limit;
+
+-- name: delivery_list_event
+-- A webhook's deliveries of one event (ix_deliveries_event): a few rows, sorted here.
+SELECT * FROM deliveries WHERE event_id = :event_id AND webhook_id = :webhook_id AND id < :before
+  AND (status = :status OR :status IS NULL)
 ORDER BY id DESC LIMIT :limit;
 
 -- name: delivery_attempts

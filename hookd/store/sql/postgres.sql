@@ -96,7 +96,7 @@ FROM events e, webhooks w
 WHERE d.id = ANY (ARRAY(SELECT id FROM picked)) AND e.id = d.event_id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
           e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
-          w.organization_id, w.url, w.secret, w.headers, w.timeout_ms;
+          w.organization_id, w.url, w.secret, w.previous_secrets, w.headers, w.timeout_ms;
 
 -- name: workers_lock
 -- Workers change their shares one at a time (see queue.beat): each reads the others' and
@@ -267,3 +267,13 @@ WITH claimed AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM event) AS created, (SELECT count(*) FROM queued) AS deliveries;
+
+-- name: events_by_ids
+SELECT * FROM events WHERE id = ANY(:ids::text[]);
+
+-- name: custom_plans
+-- This transaction's statements are planned for their parameters, never with a cached
+-- generic plan: how many rows an events listing's id range holds depends on them, and a
+-- generic plan, which cannot know, may walk the primary key through other organizations'
+-- events instead of reading the organization's own index.
+SET LOCAL plan_cache_mode = force_custom_plan;
