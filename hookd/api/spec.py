@@ -304,15 +304,22 @@ def _error_response(op: Operation, status: int) -> dict[str, Any]:
     }
 
 
+def _success_media(op: Operation) -> dict[str, Any]:
+    """A JSON success names its model; a stream (``text/event-stream``) is text, with the model
+    of one message as ``x-itemSchema`` (OpenAPI 3.2's ``itemSchema``), so that client
+    generators hand over the text instead of parsing it as one JSON object."""
+    if op.ok_model is None:
+        return {"schema": {"type": "string"}}
+    if op.ok_media_type == "application/json":
+        return {"schema": ref(op.ok_model.__name__)}
+    return {"schema": {"type": "string"}, "x-itemSchema": ref(op.ok_model.__name__)}
+
+
 def _responses(op: Operation, method: str, path: str) -> dict[str, Any]:
     success: dict[str, Any] = {
         "description": op.ok_description,
         "headers": _headers_for(op, op.ok_status),
-        "content": {
-            op.ok_media_type: {
-                "schema": ref(op.ok_model.__name__) if op.ok_model else {"type": "string"}
-            }
-        },
+        "content": {op.ok_media_type: _success_media(op)},
     }
     if op.links:
         success["links"] = {
