@@ -71,6 +71,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("crash-recovery-sqlite", "crash_recovery.py", ("--db", "sqlite"), full_timeout=900.0),
     Bench("crash-recovery-postgres", "crash_recovery.py", ("--db", "postgres"), full_timeout=900.0),
     Bench("noisy-neighbour-sqlite", "noisy_neighbour.py", ("--db", "sqlite")),
+    Bench("fanout-sqlite", "fanout.py", ("--db", "sqlite")),
+    Bench("fanout-postgres", "fanout.py", ("--db", "postgres")),
     Bench("listing", "listing.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
     Bench("helper-thread", "helper_thread.py"),
