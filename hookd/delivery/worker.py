@@ -47,6 +47,7 @@ from hookd.errors import DatabaseUnavailable
 from hookd.logs import get_logger
 from hookd.metrics import ATTEMPT_SECONDS, ATTEMPTS, IN_FLIGHT
 from hookd.store import ClaimedDelivery, ClaimRequest, Peer, Settlement, Store
+from hookd.store.operational import log_changes
 
 __all__ = ["Worker", "WorkerConfig", "fair_share", "new_worker_id", "ran_here_and_died"]
 
@@ -255,7 +256,7 @@ class Worker:
             )
         while self._unsettled:
             try:
-                await self.store.settle(self._unsettled[0])
+                log_changes(await self.store.settle(self._unsettled[0]))
             except DatabaseUnavailable:
                 raise
             except Exception:
