@@ -40,6 +40,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from hookd import tracing
 from hookd.clock import Clock, system_clock
 from hookd.delivery.outcomes import build_settlement
 from hookd.delivery.sender import AttemptResult, Sender
@@ -340,7 +341,9 @@ class Worker:
 
     async def _attempt(self, claimed: ClaimedDelivery) -> None:
         try:
-            result = await self.sender.send(claimed)
+            with tracing.attempt_span(claimed) as span:
+                result = await self.sender.send(claimed)
+                tracing.end_attempt(span, result)
         finally:
             self._in_flight.pop(claimed.id, None)
         self._done.append((claimed, result))
