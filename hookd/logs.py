@@ -87,6 +87,11 @@ def masked_url(url: str) -> str:
         password = parts.password
     except ValueError:
         return MASK
+    secret_query = any(
+        _SECRET_QUERY.search(name) for name, _v in urllib.parse.parse_qsl(parts.query)
+    )
+    if password is None and not secret_query:
+        return url
     netloc = parts.netloc
     if password is not None:
         user, _, host = netloc.rpartition("@")
