@@ -52,6 +52,7 @@ _state = _Tracing()
 
 
 def enabled() -> bool:
+    """Whether :func:`configure` turned tracing on in this process."""
     return _state.tracer is not None
 
 

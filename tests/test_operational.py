@@ -219,3 +219,30 @@ async def test_a_suspension_is_published_in_the_settles_transaction(
         return 1, int(events)
 
     assert await eventually(suspended_and_published, timeout=15, interval=0.001) == (1, 1)
+
+
+async def test_operational_events_reach_event_streams(
+    ops: Api, receiver: Receiver, database_url: str
+) -> None:
+    from tests.test_stream import Served
+
+    settings = make_settings(database_url, retry_schedule="0.05", suspend_after=2)
+    receiver.behave("/down", status=500)
+    failing = await ops.create_webhook(url=receiver.url("/down"), topics=["post.created"])
+    async with (
+        Served(ops, settings) as served,
+        served.stream(topics="webhook.suspended,delivery.failed") as stream,
+    ):
+        await ops.publish()
+        await ops.publish()
+        got = await stream.events(3)
+    assert sorted(e["topic"] for e in got) == [
+        "delivery.failed",
+        "delivery.failed",
+        "webhook.suspended",
+    ], got
+    for envelope in got:
+        assert envelope["webhookId"] is None and envelope["object"] == "notification_event"
+        assert envelope["data"]["item"].get("webhookId", envelope["data"]["item"].get("id")) == (
+            failing["id"]
+        )
