@@ -160,13 +160,14 @@ def run_server(
 ) -> None:
     """Apply migrations, then run the API (with uvicorn) and/or the delivery worker."""
     configure_logging(settings.log_level, settings.log_format)
-    # SPEC §8: the settings in force, secrets masked; then tracing, if asked for.
-    command = "serve" if api and worker else "api" if api else "worker"
-    log.info("settings", command=command, **masked_settings(settings.model_dump()))
-    tracing.configure()
     if dev:
         _announce_dev(settings)
     _migrate(settings)
+    # SPEC §8: the settings in force, secrets masked (once the database is there: a process
+    # that cannot start says why in one line); then tracing, if asked for.
+    command = "serve" if api and worker else "api" if api else "worker"
+    log.info("settings", command=command, **masked_settings(settings.model_dump()))
+    tracing.configure()
     if not api:
         _tune_gc()
         uvloop.run(_worker_only(settings))
