@@ -106,6 +106,7 @@ def _claimed(url: str, timeout_ms: int) -> ClaimedDelivery:
         organization_id="2" * 24,
         url=url,
         secret="whsec_" + "A" * 43 + "=",
+        previous_secrets=(),
         headers=(),
         timeout_ms=timeout_ms,
     )
