@@ -66,6 +66,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "parameter_too_long": (400, "a string or array over its maximum length"),
     "parameter_too_short": (400, "a string or array under its minimum length"),
     "topic_unknown": (400, "a topic that is not one of the topics"),
+    "topic_reserved": (400, "POST /v2/events: an operational topic, which only hookd publishes"),
     "url_invalid": (400, "a URL that is not an absolute URL with a host and without user-info"),
     "url_scheme_invalid": (400, "a URL that is not https:// (http:// needs HOOKD_ALLOW_HTTP)"),
     "header_name_invalid": (400, "a custom header name that is not an HTTP token, or given twice"),

@@ -14,6 +14,7 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI
 
+from hookd import tracing
 from hookd.api import create_app
 from hookd.clock import Clock, system_clock
 from hookd.delivery.guard import AddressGuard
@@ -22,7 +23,7 @@ from hookd.delivery.sender import Sender
 from hookd.delivery.worker import Worker, WorkerConfig
 from hookd.errors import HookdError, SettingsError
 from hookd.limits import LimitedHttpToolsProtocol
-from hookd.logs import configure_logging, get_logger
+from hookd.logs import configure_logging, get_logger, masked_settings
 from hookd.settings import DEFAULT_API_VERSION, Settings, database_location, database_problem
 from hookd.store import Driver, Store, open_driver
 from hookd.store.migrate import upgrade_async
@@ -162,6 +163,11 @@ def run_server(
     if dev:
         _announce_dev(settings)
     _migrate(settings)
+    # SPEC §8: the settings in force, secrets masked (once the database is there: a process
+    # that cannot start says why in one line); then tracing, if asked for.
+    command = "serve" if api and worker else "api" if api else "worker"
+    log.info("settings", command=command, **masked_settings(settings.model_dump()))
+    tracing.configure()
     if not api:
         _tune_gc()
         uvloop.run(_worker_only(settings))
@@ -192,6 +198,7 @@ def run_server(
         if engine is not None:
             await engine.stop()
         await store.close()
+        tracing.shutdown()
 
     app = create_app(settings, store, on_startup=on_startup, on_shutdown=on_shutdown)
     _tune_gc()
@@ -238,3 +245,4 @@ async def _worker_only(settings: Settings) -> None:
     except Exception:
         log.exception("the worker did not stop cleanly")
     await store.close()
+    tracing.shutdown()

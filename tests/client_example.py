@@ -34,6 +34,7 @@ from hookd_client.models import (
     EventDataItem,
     EventIn,
     EventOut,
+    PublishTopic,
     RequestConfigIn,
     RequestConfigInHeaders,
     TestIn,
@@ -111,7 +112,7 @@ def main() -> None:
     event = expect(
         publish_event.sync(
             client=client,
-            body=EventIn(topic=Topic.POST_CREATED, data=EventData(item=item)),
+            body=EventIn(topic=PublishTopic.POST_CREATED, data=EventData(item=item)),
             idempotency_key="client-example-post-1",
         ),
         EventOut,

@@ -491,12 +491,15 @@ async def test_retention_purges_old_rows_and_keeps_new_ones(api: Api, receiver: 
         await receiver.wait_for(12)
         await eventually(lambda: settled(api, hook["id"], 6))
         removed = await worker.purge()
-    assert removed == 10, "5 old deliveries and their 5 events"
+    # Each old delivery failed for good: its delivery.failed event (SPEC §4, delivered to no
+    # webhook here) is as old, and goes too.
+    assert removed == 15, "5 old deliveries, their 5 events and the 5 delivery.failed events"
     left = await deliveries(api, hook["id"])
     assert [d["eventId"] for d in left] == [fresh["id"]]
     detail = await _detail(api, hook["id"], left[0]["id"])
     assert len(detail["attempts"]) == 2, "the new delivery keeps its attempts"
-    assert await _counts(api) == {"events": 1, "deliveries": 1, "attempts": 2}
+    # The new event, and the delivery.failed event about its delivery.
+    assert await _counts(api) == {"events": 2, "deliveries": 1, "attempts": 2}
 
 
 async def _counts(api: Api) -> dict[str, int]:

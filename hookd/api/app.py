@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hookd import __version__
+from hookd import __version__, tracing
 from hookd.api import deliveries, events, webhooks
 from hookd.api.auth import RateLimiter
 from hookd.api.feed import Feed
@@ -247,6 +247,8 @@ def create_app(
     # The event streams' feed; a server closes it as it begins to shut down (hookd.server).
     feed = app.state.feed = Feed(store)
     app.add_middleware(ConventionsMiddleware)
+    if tracing.enabled():
+        app.add_middleware(tracing.TracingMiddleware)  # outermost: spans the whole request
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _query_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

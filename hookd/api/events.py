@@ -3,6 +3,7 @@ one with every delivery of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import MISSING, WithJsonSchema
 from starlette.responses import Response
 
+from hookd import tracing
 from hookd.api.auth import Principal, authenticate
 from hookd.api.feed import Feed
 from hookd.api.pagination import Cursor, ListScope, cursors_for, page
@@ -128,9 +130,16 @@ async def publish(
         )
     body = parse_body(await read_body(request), EventIn)
     store: Store = request.app.state.store
-    event_id, topic, created_at, created = await store.publish(
-        principal.organization.id, _draft(body), idempotency_key
-    )
+    draft = _draft(body)
+    with tracing.publish_span(principal.organization.id, body.topic) as span:
+        if span is not None:
+            # Each attempt's span links to this trace (hookd.tracing).
+            draft = dataclasses.replace(draft, traceparent=tracing.traceparent())
+        event_id, topic, created_at, created = await store.publish(
+            principal.organization.id, draft, idempotency_key
+        )
+        if span is not None:
+            span.set_attribute("hookd.event", event_id)
     if created:
         EVENTS.inc()
     response = JSONResponse(

@@ -41,6 +41,7 @@ from hookd.api.validation import (
     anchored,
     check_header_map,
     check_name,
+    check_publish_topic,
     check_text,
     check_topic,
     check_url,
@@ -50,7 +51,7 @@ from hookd.api.validation import (
 from hookd.errors import ERROR_CODES, error_type_for_status
 from hookd.settings import API_VERSIONS, DEFAULT_API_VERSION
 from hookd.store.records import DeliveryStatus
-from hookd.topics import CONVERSATION_TOPIC_PREFIXES, TOPICS
+from hookd.topics import ALL_TOPICS, CONVERSATION_TOPIC_PREFIXES, TOPICS
 
 __all__ = [
     "COMPONENTS",
@@ -110,7 +111,7 @@ SETTABLE_WEBHOOK_STATUSES = ("active", "paused")
 _CONVERSATION_TOPICS: list[JsonValue] = [
     t for t in TOPICS if t.startswith(CONVERSATION_TOPIC_PREFIXES)
 ]
-_TOPIC_ALTERNATIVES = "|".join(re.escape(t) for t in TOPICS)
+_TOPIC_ALTERNATIVES = "|".join(re.escape(t) for t in ALL_TOPICS)
 #: A comma-separated list of topics (the event stream's ``topics``).
 TOPICS_LIST_PATTERN = f"^({_TOPIC_ALTERNATIVES})(,({_TOPIC_ALTERNATIVES}))*$"
 _ERROR_STATUSES = sorted({status for status, _ in ERROR_CODES.values()})
@@ -119,8 +120,15 @@ _ERROR_STATUSES = sorted({status for status, _ in ERROR_CODES.values()})
 COMPONENTS: dict[str, dict[str, Any]] = {
     "Topic": {
         "type": "string",
+        "enum": list(ALL_TOPICS),
+        "description": "An event topic: Featurebase's 27, and hookd's operational topics "
+        "`webhook.suspended` and `delivery.failed`, which only hookd publishes.",
+    },
+    "PublishTopic": {
+        "type": "string",
         "enum": list(TOPICS),
-        "description": "An event topic (Featurebase's 27).",
+        "description": "A topic that an application may publish (Featurebase's 27): the "
+        "operational topics are hookd's own (400 topic_reserved).",
     },
     "WebhookStatus": {"type": "string", "enum": list(WEBHOOK_STATUSES)},
     "WebhookStatusUpdate": {
@@ -207,6 +215,7 @@ def _schema(name: str) -> WithJsonSchema:
 
 TopicIn = Annotated[str, AfterValidator(check_topic), _schema("Topic")]
 TopicOut = Annotated[str, _schema("Topic")]
+PublishTopicIn = Annotated[str, AfterValidator(check_publish_topic), _schema("PublishTopic")]
 Timestamp = Annotated[str, _schema("Timestamp")]
 ObjectId = Annotated[str, _schema("ObjectId")]
 EventId = Annotated[str, _schema("EventId")]
@@ -370,7 +379,7 @@ _ONLY_FOR_CONVERSATIONS: JsonDict = {
 class EventIn(_In):
     model_config = ConfigDict(json_schema_extra=_ONLY_FOR_CONVERSATIONS)
 
-    topic: TopicIn
+    topic: PublishTopicIn
     data: EventData
     conversationId: (
         Annotated[

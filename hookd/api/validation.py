@@ -19,7 +19,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from hookd.clock import parse_rfc3339
 from hookd.errors import ApiError
-from hookd.topics import TOPIC_SET
+from hookd.topics import TOPIC_SET, is_operational_topic
 
 __all__ = [
     "HEADER_NAME_PATTERN",
@@ -34,6 +34,7 @@ __all__ = [
     "anchored",
     "check_header_map",
     "check_name",
+    "check_publish_topic",
     "check_text",
     "check_topic",
     "check_url",
@@ -184,6 +185,18 @@ def check_topic(value: str) -> str:
         raise _fail(
             "topic_unknown",
             f"{shown!r} is not a known topic; use one of the topics listed in the README",
+        )
+    return value
+
+
+def check_publish_topic(value: str) -> str:
+    """A topic that ``POST /v2/events`` takes: a known topic that is not hookd's own."""
+    check_topic(value)
+    if is_operational_topic(value):
+        raise _fail(
+            "topic_reserved",
+            f"{value!r} is an operational topic that only hookd publishes; publish one of "
+            "Featurebase's topics instead",
         )
     return value
 

@@ -165,9 +165,21 @@ async def update_webhook(request: Request, principal: Auth, id: str) -> Response
             changes["timeout_ms"] = config.timeoutMs
         if config.headers is not MISSING:
             changes["headers"] = config.headers
+    # A reactivation is logged (SPEC §8): it needs the status before (read only then).
+    before = None
+    if changes.get("status") == "active":
+        before = await _store(request).get_webhook(principal.organization.id, webhook_id)
     updated = await _store(request).update_webhook(principal.organization.id, webhook_id, changes)
     if updated is None:
         raise missing()
+    if before is not None and before.status != "active" and updated.status == "active":
+        log.info(
+            "webhook.reactivated",
+            organization=principal.organization.id,
+            webhook=webhook_id,
+            previous_status=before.status,
+            consecutive_failures=before.consecutive_failures,
+        )
     return JSONResponse(webhook_json(updated))
 
 

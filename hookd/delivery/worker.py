@@ -40,6 +40,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from hookd import tracing
 from hookd.clock import Clock, system_clock
 from hookd.delivery.outcomes import build_settlement
 from hookd.delivery.sender import AttemptResult, Sender
@@ -47,6 +48,7 @@ from hookd.errors import DatabaseUnavailable
 from hookd.logs import get_logger
 from hookd.metrics import ATTEMPT_SECONDS, ATTEMPTS, IN_FLIGHT
 from hookd.store import ClaimedDelivery, ClaimRequest, Peer, Settlement, Store
+from hookd.store.operational import log_changes
 
 __all__ = ["Worker", "WorkerConfig", "fair_share", "new_worker_id", "ran_here_and_died"]
 
@@ -255,7 +257,7 @@ class Worker:
             )
         while self._unsettled:
             try:
-                await self.store.settle(self._unsettled[0])
+                log_changes(await self.store.settle(self._unsettled[0]))
             except DatabaseUnavailable:
                 raise
             except Exception:
@@ -339,7 +341,9 @@ class Worker:
 
     async def _attempt(self, claimed: ClaimedDelivery) -> None:
         try:
-            result = await self.sender.send(claimed)
+            with tracing.attempt_span(claimed) as span:
+                result = await self.sender.send(claimed)
+                tracing.end_attempt(span, result)
         finally:
             self._in_flight.pop(claimed.id, None)
         self._done.append((claimed, result))

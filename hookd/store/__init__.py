@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
-from hookd.store import deliveries, events, instance, queue, tenants, webhooks
+from hookd.store import deliveries, events, instance, operational, queue, tenants, webhooks
 from hookd.store.events import EventDraft
+from hookd.store.operational import OperationalChange
 from hookd.store.postgres import PostgresDriver
 from hookd.store.queries import EventSink, Op
 from hookd.store.queue import ClaimRequest, Settlement
@@ -46,6 +47,7 @@ __all__ = [
     "EventSink",
     "EventSummary",
     "Heartbeat",
+    "OperationalChange",
     "Organization",
     "Peer",
     "Settlement",
@@ -289,9 +291,15 @@ class Store:
 
     # The queue.
 
-    async def settle(self, settlement: Settlement) -> None:
-        """Record a batch of attempts' outcomes."""
-        await self.driver.work(queue.settle(self.dialect, settlement))
+    async def settle(self, settlement: Settlement) -> list[OperationalChange]:
+        """Record a batch of attempts' outcomes; returns the suspensions and final failures
+        it made, whose operational events it published with it (SPEC §4)."""
+        op = queue.settle(self.dialect, settlement, self.clock())
+        if operational.may_publish(settlement.deliveries):
+            # The settle and its operational events in one transaction (crash safety); a
+            # delivery ending failed is rare, so the usual settle keeps its fewer round trips.
+            return await self.driver.write(op)
+        return await self.driver.work(op)
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedDelivery]:
         """Lease due deliveries to a worker."""

@@ -36,6 +36,8 @@ class EventDraft:
     data: str
     conversation_id: str | None = None
     conversation_url: str | None = None
+    # The W3C traceparent of the publishing request (hookd.tracing), when tracing is on.
+    traceparent: str | None = None
 
 
 def _insert_event(
@@ -61,6 +63,7 @@ def _insert_event(
         conversation_url=event.conversation_url,
         is_test=is_test,
         created_at=now,
+        traceparent=draft.traceparent,
     )
     return event
 
@@ -139,6 +142,7 @@ def publish_in_one_statement(
         conversation_id=draft.conversation_id,
         conversation_url=draft.conversation_url,
         created_at=now,
+        traceparent=draft.traceparent,
         delivery_ids=[new_object_id(now) for _ in hooks],
         webhook_ids=hooks,
     )

@@ -180,8 +180,13 @@ def _positional(name: str, sql: str, columnar: bool) -> Query:
 
 @functools.cache
 def load_queries(dialect: Literal["sqlite", "postgresql"]) -> dict[str, Query]:
-    """Every named query for ``dialect``: the shared file, then the engine's own on top."""
-    engine_file = "sqlite.sql" if dialect == "sqlite" else "postgres.sql"
-    merged = _parse((_SQL_DIR / "common.sql").read_text())
-    merged.update(_parse((_SQL_DIR / engine_file).read_text()))
+    """Every named query for ``dialect``: the shared file, then the engine's own on top.
+
+    A part of hookd may keep its queries in files of its own beside them, ``common.PART.sql``
+    and ``sqlite.PART.sql``/``postgres.PART.sql``, read with the file they extend."""
+    engine = "sqlite" if dialect == "sqlite" else "postgres"
+    merged: dict[str, tuple[str, bool]] = {}
+    for stem in ("common", engine):
+        for path in [_SQL_DIR / f"{stem}.sql", *sorted(_SQL_DIR.glob(f"{stem}.*.sql"))]:
+            merged.update(_parse(path.read_text()))
     return {name: _positional(name, sql, columnar) for name, (sql, columnar) in merged.items()}

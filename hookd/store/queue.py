@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hookd.store import operational
 from hookd.store.queries import Op, many, rows, run, value
 from hookd.store.records import ClaimedDelivery, Heartbeat, Peer
 
@@ -87,13 +88,25 @@ class Settlement:
         return bool(self.attempts)
 
 
-def settle(dialect: str, settlement: Settlement) -> Op[None]:
+def settle(
+    dialect: str, settlement: Settlement, now: int = 0
+) -> Op[list[operational.OperationalChange]]:
     """Write a batch of outcomes. Lock order, everywhere: webhook rows (in id order) before
     delivery rows; the API's writes (delete, which cancels deliveries) take them in the
-    same order, so there is no deadlock. Writing a batch twice changes nothing twice."""
+    same order, so there is no deadlock. Writing a batch twice changes nothing twice.
+
+    Returns the suspensions and final failures it made, whose operational events it
+    published (at ``now``) when the batch may have any (run it in a transaction then: see
+    :mod:`hookd.store.operational`)."""
     if not settlement:
-        return
+        return []
     webhooks = sorted(settlement.webhooks, key=lambda r: str(r["id"]))
+    # --- operational events (SPEC §4): note the state before the settle --------------------
+    seen = None
+    if operational.may_publish(settlement.deliveries):
+        failing = [d["id"] for d in settlement.deliveries if d["status"] == "failed"]
+        seen = yield from operational.watch([str(w["id"]) for w in webhooks], failing)
+    # ----------------------------------------------------------------------------------------
     if dialect == "postgresql":
         # One statement, atomic by itself, with each table's rows as arrays.
         yield run(
@@ -103,10 +116,14 @@ def settle(dialect: str, settlement: Settlement) -> Op[None]:
             **_columns("d_", settlement.deliveries),
             **_columns("a_", settlement.attempts),
         )
-        return
-    yield many("outcome_webhook", webhooks)
-    yield many("outcome_delivery", settlement.deliveries)
-    yield many("outcome_attempt", settlement.attempts)
+    else:
+        yield many("outcome_webhook", webhooks)
+        yield many("outcome_delivery", settlement.deliveries)
+        yield many("outcome_attempt", settlement.attempts)
+    # --- operational events (SPEC §4): publish what the settle changed ----------------------
+    if seen is None:
+        return []
+    return (yield from operational.publish(seen, now))
 
 
 def _columns(

@@ -320,6 +320,8 @@ class ClaimedDelivery:
     previous_secrets: PreviousSecrets
     headers: tuple[tuple[str, str], ...]
     timeout_ms: int
+    # The trace context of the request that published the event (hookd.tracing), if any.
+    traceparent: str | None = None
 
     @classmethod
     def from_row(cls, row: Any, token: str) -> ClaimedDelivery:
@@ -342,6 +344,7 @@ class ClaimedDelivery:
             previous_secrets=previous_secrets(row["previous_secrets"]),
             headers=_json_map(row["headers"]),
             timeout_ms=row["timeout_ms"],
+            traceparent=row["traceparent"],
         )
 
 

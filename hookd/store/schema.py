@@ -138,6 +138,9 @@ events = Table(
     Column("conversation_url", Text, nullable=True),
     Column("is_test", Boolean, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # The W3C traceparent of the POST /v2/events that published it, when tracing is on
+    # (migration 0006): each attempt's span links to that trace.
+    Column("traceparent", Text, nullable=True),
     Index("ix_events_organization_created", "organization_id", "created_at"),
     Index("ix_events_created", "created_at"),
     # GET /v2/events, newest first by id (a UUIDv7 whose time is created_at); test events

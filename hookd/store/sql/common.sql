@@ -131,8 +131,10 @@ WHERE i.organization_id = :organization_id AND i.key = :key;
 DELETE FROM idempotency_keys WHERE created_at < :before;
 
 -- name: event_insert
-INSERT INTO events (id, organization_id, topic, data, conversation_id, conversation_url, is_test, created_at)
-VALUES (:id, :organization_id, :topic, :data, :conversation_id, :conversation_url, :is_test, :created_at);
+INSERT INTO events (id, organization_id, topic, data, conversation_id, conversation_url, is_test, created_at,
+                    traceparent)
+VALUES (:id, :organization_id, :topic, :data, :conversation_id, :conversation_url, :is_test, :created_at,
+        :traceparent);
 
 -- name: event_get
 SELECT * FROM events WHERE id = :id;

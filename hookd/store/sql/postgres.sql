@@ -96,7 +96,8 @@ FROM events e, webhooks w
 WHERE d.id = ANY (ARRAY(SELECT id FROM picked)) AND e.id = d.event_id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
           e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
-          w.organization_id, w.url, w.secret, w.previous_secrets, w.headers, w.timeout_ms;
+          w.organization_id, w.url, w.secret, w.previous_secrets, w.headers, w.timeout_ms,
+          e.traceparent;
 
 -- name: workers_lock
 -- Workers change their shares one at a time (see queue.beat): each reads the others' and
@@ -254,8 +255,10 @@ WITH claimed AS (
 ), go AS (
     SELECT 1 WHERE :key::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
 ), event AS (
-    INSERT INTO events (id, organization_id, topic, data, conversation_id, conversation_url, is_test, created_at)
-    SELECT :id, :organization_id, :topic, :data, :conversation_id, :conversation_url, false, :created_at FROM go
+    INSERT INTO events (id, organization_id, topic, data, conversation_id, conversation_url, is_test, created_at,
+                        traceparent)
+    SELECT :id, :organization_id, :topic, :data, :conversation_id, :conversation_url, false, :created_at,
+           :traceparent::text FROM go
     RETURNING id
 ), queued AS (
     INSERT INTO deliveries (id, webhook_id, event_id, topic, is_test, status, attempt_count,

@@ -41,7 +41,8 @@ RETURNING id;
 -- name: claim_details
 SELECT d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
        e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
-       w.organization_id, w.url, w.secret, w.previous_secrets, w.headers, w.timeout_ms
+       w.organization_id, w.url, w.secret, w.previous_secrets, w.headers, w.timeout_ms,
+       e.traceparent
 FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
 WHERE d.id IN (SELECT value FROM json_each(:ids));
 
