@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
-from hookd.store import deliveries, events, instance, queue, tenants, webhooks
+from hookd.store import deliveries, events, instance, queue, rollups, tenants, webhooks
 from hookd.store.events import EventDraft
 from hookd.store.postgres import PostgresDriver
 from hookd.store.queries import EventSink, Op
@@ -30,6 +30,7 @@ from hookd.store.records import (
     Peer,
     Webhook,
 )
+from hookd.store.rollups import Rollup
 from hookd.store.sqlite import SqliteDriver
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Heartbeat",
     "Organization",
     "Peer",
+    "Rollup",
     "Settlement",
     "Store",
     "Webhook",
@@ -66,7 +68,7 @@ class Driver(Protocol):
     async def close(self) -> None: ...
     async def read(self, op: Op[T], *, snapshot: bool = False) -> T: ...
     async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T: ...
-    async def work(self, op: Op[T]) -> T: ...
+    async def work(self, op: Op[T], *, transaction: bool = False) -> T: ...
     def notify_work(self) -> None: ...
     async def wait_for_work(self, timeout: float) -> bool: ...
     async def listen_events(self, sink: EventSink) -> None: ...
@@ -290,8 +292,9 @@ class Store:
     # The queue.
 
     async def settle(self, settlement: Settlement) -> None:
-        """Record a batch of attempts' outcomes."""
-        await self.driver.work(queue.settle(self.dialect, settlement))
+        """Record a batch of attempts' outcomes (and the dashboard's rollups of them, in
+        the same transaction)."""
+        await self.driver.work(queue.settle(self.dialect, settlement), transaction=True)
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedDelivery]:
         """Lease due deliveries to a worker."""
@@ -329,6 +332,16 @@ class Store:
 
     def notify_work(self) -> None:
         self.driver.notify_work()
+
+    # The dashboard's rollups (hookd.store.rollups).
+
+    async def rollup_overview(self, organization_id: str, since: int) -> dict[str, Rollup]:
+        """Each of the organization's webhooks' attempts since ``since``, summed."""
+        return await self.driver.read(rollups.overview(organization_id, since))
+
+    async def rollup_series(self, webhook_id: str, since: int) -> list[Rollup]:
+        """One webhook's hourly rollups since ``since``, oldest first."""
+        return await self.driver.read(rollups.series(webhook_id, since))
 
     async def listen_events(self, sink: EventSink) -> None:
         """Tell ``sink`` of the events published from now on (every API process's on

@@ -260,3 +260,60 @@ ORDER BY e.created_at LIMIT :limit;
 -- name: recover_lock
 -- SQLite's one writer already makes recoveries take turns.
 SELECT 1;
+
+-- ---- Dashboard rollups (hookd.store.rollups) --------------------------------------
+
+-- name: rollup_add
+-- Hourly rollups of a settle batch's attempts (hookd.store.rollups), written in the settle's
+-- transaction, before the outcome, one row per webhook and hour folded in Python. Nothing is
+-- added when the batch's first attempt is already recorded: a batch written twice (its first
+-- answer was lost) counts once. Rows come sorted by (webhook_id, hour): the lock order.
+INSERT INTO webhook_rollups (webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
+SELECT :webhook_id, :hour, :attempts, :successes, :failures, :time_sum,
+       :b00, :b01, :b02, :b03, :b04, :b05, :b06, :b07, :b08, :b09, :b10, :b11, :b12, :b13, :b14, :b15, :b16, :b17, :b18, :b19, :b20, :b21, :b22, :b23
+WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE id = :first_attempt)
+ON CONFLICT (webhook_id, hour) DO UPDATE SET
+    attempts = webhook_rollups.attempts + excluded.attempts,
+    successes = webhook_rollups.successes + excluded.successes,
+    failures = webhook_rollups.failures + excluded.failures,
+    time_sum = webhook_rollups.time_sum + excluded.time_sum,
+    b00 = webhook_rollups.b00 + excluded.b00,
+    b01 = webhook_rollups.b01 + excluded.b01,
+    b02 = webhook_rollups.b02 + excluded.b02,
+    b03 = webhook_rollups.b03 + excluded.b03,
+    b04 = webhook_rollups.b04 + excluded.b04,
+    b05 = webhook_rollups.b05 + excluded.b05,
+    b06 = webhook_rollups.b06 + excluded.b06,
+    b07 = webhook_rollups.b07 + excluded.b07,
+    b08 = webhook_rollups.b08 + excluded.b08,
+    b09 = webhook_rollups.b09 + excluded.b09,
+    b10 = webhook_rollups.b10 + excluded.b10,
+    b11 = webhook_rollups.b11 + excluded.b11,
+    b12 = webhook_rollups.b12 + excluded.b12,
+    b13 = webhook_rollups.b13 + excluded.b13,
+    b14 = webhook_rollups.b14 + excluded.b14,
+    b15 = webhook_rollups.b15 + excluded.b15,
+    b16 = webhook_rollups.b16 + excluded.b16,
+    b17 = webhook_rollups.b17 + excluded.b17,
+    b18 = webhook_rollups.b18 + excluded.b18,
+    b19 = webhook_rollups.b19 + excluded.b19,
+    b20 = webhook_rollups.b20 + excluded.b20,
+    b21 = webhook_rollups.b21 + excluded.b21,
+    b22 = webhook_rollups.b22 + excluded.b22,
+    b23 = webhook_rollups.b23 + excluded.b23;
+
+-- name: rollup_overview
+-- Each of the organization's webhooks' rollups since :since, summed.
+SELECT r.webhook_id, sum(r.attempts) AS attempts, sum(r.successes) AS successes,
+       sum(r.failures) AS failures, sum(r.time_sum) AS time_sum,
+       sum(r.b00) AS b00, sum(r.b01) AS b01, sum(r.b02) AS b02, sum(r.b03) AS b03, sum(r.b04) AS b04, sum(r.b05) AS b05, sum(r.b06) AS b06, sum(r.b07) AS b07, sum(r.b08) AS b08, sum(r.b09) AS b09, sum(r.b10) AS b10, sum(r.b11) AS b11, sum(r.b12) AS b12, sum(r.b13) AS b13, sum(r.b14) AS b14, sum(r.b15) AS b15, sum(r.b16) AS b16, sum(r.b17) AS b17, sum(r.b18) AS b18, sum(r.b19) AS b19, sum(r.b20) AS b20, sum(r.b21) AS b21, sum(r.b22) AS b22, sum(r.b23) AS b23
+FROM webhooks w JOIN webhook_rollups r ON r.webhook_id = w.id AND r.hour >= :since
+WHERE w.organization_id = :organization_id AND w.deleted_at IS NULL
+GROUP BY r.webhook_id;
+
+-- name: rollup_series
+-- One webhook's hourly rollups since :since, oldest first.
+SELECT * FROM webhook_rollups WHERE webhook_id = :webhook_id AND hour >= :since ORDER BY hour;
+
+-- name: rollup_purge
+DELETE FROM webhook_rollups WHERE hour < :before;
