@@ -11,7 +11,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
-from hookd.store import deliveries, events, instance, queue, rollups, tenants, webhooks
+from hookd.store import (
+    deliveries,
+    events,
+    instance,
+    queue,
+    rollups,
+    sessions,
+    tenants,
+    webhooks,
+)
 from hookd.store.events import EventDraft
 from hookd.store.postgres import PostgresDriver
 from hookd.store.queries import EventSink, Op
@@ -31,6 +40,7 @@ from hookd.store.records import (
     Webhook,
 )
 from hookd.store.rollups import Rollup
+from hookd.store.sessions import DashboardSession
 from hookd.store.sqlite import SqliteDriver
 
 __all__ = [
@@ -39,6 +49,7 @@ __all__ = [
     "AuthContext",
     "ClaimRequest",
     "ClaimedDelivery",
+    "DashboardSession",
     "Delivery",
     "Driver",
     "Event",
@@ -342,6 +353,51 @@ class Store:
     async def rollup_series(self, webhook_id: str, since: int) -> list[Rollup]:
         """One webhook's hourly rollups since ``since``, oldest first."""
         return await self.driver.read(rollups.series(webhook_id, since))
+
+    # Dashboard sessions and portal links (hookd.store.sessions).
+
+    async def create_session(
+        self,
+        organization_id: str,
+        key_id: str,
+        webhook_ids: Sequence[str] | None,
+        read_only: bool,
+        expires_at: int,
+    ) -> str:
+        """A new dashboard session (expired ones are forgotten on the way); its cookie value."""
+        now = self.clock()
+
+        def op() -> Op[str]:
+            yield from sessions.purge_sessions(now)
+            token: str = yield from sessions.create_session(
+                organization_id, key_id, webhook_ids, read_only, expires_at, now
+            )
+            return token
+
+        return await self.driver.write(op())
+
+    async def get_session(self, token: str) -> DashboardSession | None:
+        return await self.driver.read(sessions.get_session(token, self.clock()))
+
+    async def end_session(self, session_id: str) -> None:
+        await self.driver.write(sessions.end_session(session_id))
+
+    async def create_portal_link(
+        self,
+        organization_id: str,
+        key_id: str,
+        webhook_ids: Sequence[str] | None,
+        read_only: bool,
+        expires_at: int,
+    ) -> str:
+        return await self.driver.write(
+            sessions.create_portal_link(
+                organization_id, key_id, webhook_ids, read_only, expires_at, self.clock()
+            )
+        )
+
+    async def open_portal_link(self, token: str) -> str | None:
+        return await self.driver.write(sessions.open_portal_link(token, self.clock()))
 
     async def listen_events(self, sink: EventSink) -> None:
         """Tell ``sink`` of the events published from now on (every API process's on

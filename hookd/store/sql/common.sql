@@ -317,3 +317,42 @@ SELECT * FROM webhook_rollups WHERE webhook_id = :webhook_id AND hour >= :since 
 
 -- name: rollup_purge
 DELETE FROM webhook_rollups WHERE hour < :before;
+
+-- ---- Dashboard sessions and portal links (hookd.store.sessions) ------------------------
+
+-- name: session_insert
+INSERT INTO dashboard_sessions (id, organization_id, key_id, webhook_ids, read_only, csrf_token,
+                                created_at, expires_at)
+VALUES (:id, :organization_id, :key_id, :webhook_ids, :read_only, :csrf_token, :now, :expires_at);
+
+-- name: session_get
+-- A live session: not expired, and its API key not revoked.
+SELECT s.id, s.organization_id, s.key_id, s.webhook_ids, s.read_only, s.csrf_token,
+       s.expires_at, o.name AS organization_name
+FROM dashboard_sessions s
+JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
+JOIN organizations o ON o.id = s.organization_id
+WHERE s.id = :id AND s.expires_at > :now;
+
+-- name: session_delete
+DELETE FROM dashboard_sessions WHERE id = :id;
+
+-- name: portal_link_insert
+INSERT INTO portal_links (id, organization_id, key_id, webhook_ids, read_only, created_at,
+                          expires_at, used_at)
+VALUES (:id, :organization_id, :key_id, :webhook_ids, :read_only, :now, :expires_at, NULL);
+
+-- name: portal_link_use
+-- Marks a live, unused link used; it changes one row only for the first request.
+UPDATE portal_links SET used_at = :now
+WHERE id = :id AND used_at IS NULL AND expires_at > :now;
+
+-- name: portal_link_get
+SELECT organization_id, key_id, webhook_ids, read_only, expires_at FROM portal_links
+WHERE id = :id;
+
+-- name: sessions_purge
+DELETE FROM dashboard_sessions WHERE expires_at < :now;
+
+-- name: portal_links_purge
+DELETE FROM portal_links WHERE expires_at < :now;
