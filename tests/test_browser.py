@@ -1,0 +1,174 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright), against a real
+``hookd serve`` with its delivery worker and a real receiver on 127.0.0.1 (SPEC §9): signing
+in by keyboard, a form error shown beside its field and fixed, a delivery appearing without a
+reload, retry, pause and reactivate, a read-only portal link without a single changing
+control that works once, and the pages at 360 px wide. One browser for all of them.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.processes import HookdProcess, HookdProcesses
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="session")
+def base_url() -> None:
+    """No base URL (pages are opened by absolute URL); replaces pytest-playwright's own
+    fixture, which pytest 9 warns about."""
+    return None
+
+
+class _Answer204(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer204)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def hookd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HookdProcess, str]]:
+    """``hookd serve`` on a SQLite file (the HTTP tests cover PostgreSQL), and its key."""
+    directory: Path = tmp_path_factory.mktemp("browser")
+    env = {
+        "HOOKD_ALLOW_HTTP": "true",
+        "HOOKD_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "HOOKD_RATE_LIMIT": "0",
+        "HOOKD_POLL_INTERVAL": "0.2",
+        "HOOKD_LOG_LEVEL": "warning",
+    }
+    with HookdProcesses(directory, env=env) as procs:
+        server = procs.start("serve", database_url=f"sqlite:///{directory / 'hookd.db'}")
+        yield server, server.api_key()
+
+
+def api(hookd: tuple[HookdProcess, str], method: str, path: str, **kw: Any) -> Any:
+    server, key = hookd
+    response = httpx.request(
+        method, server.url(path), headers={"Authorization": f"Bearer {key}"}, timeout=10, **kw
+    )
+    assert response.is_success, response.text
+    return response.json()
+
+
+def sign_in(page: Page, hookd: tuple[HookdProcess, str]) -> None:
+    server, key = hookd
+    page.goto(server.url("/dashboard"))
+    expect(page).to_have_url(server.url("/dashboard/sign-in"))
+    page.get_by_label("API key").fill(key)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+
+
+def test_create_a_webhook_and_watch_its_delivery_arrive(
+    page: Page, hookd: tuple[HookdProcess, str], receiver_url: str
+) -> None:
+    page.set_default_timeout(10_000)
+    sign_in(page, hookd)
+    page.get_by_role("link", name="New webhook").click()
+    page.get_by_label("Name", exact=True).fill("Browser hook")
+    page.get_by_label("URL", exact=True).fill("not a url")
+    page.get_by_label("post.created", exact=True).check()
+    page.get_by_role("button", name="Create webhook").click()
+    error = page.locator("#url-error")
+    expect(error).to_be_visible()
+    expect(page.get_by_label("URL", exact=True)).to_have_attribute("aria-invalid", "true")
+
+    page.get_by_label("URL", exact=True).fill(receiver_url)
+    page.get_by_role("button", name="Create webhook").click()
+    expect(page.get_by_role("heading", name="Browser hook")).to_be_visible()
+    expect(page.locator("code.secret")).to_contain_text("whsec_")
+
+    page.evaluate("window.stillHere = true")
+    api(hookd, "POST", "/v2/events", json={"topic": "post.created", "data": {"item": {"id": "p1"}}})
+    deliveries = page.locator("#deliveries")
+    expect(deliveries.locator(".status-succeeded")).to_have_count(1, timeout=15_000)
+    assert page.evaluate("window.stillHere") is True, "the delivery appeared without a reload"
+
+    deliveries.locator("a").first.click()
+    expect(page.locator("pre.payload")).to_contain_text('"topic": "post.created"')
+    page.get_by_role("button", name="Retry now").click()
+    expect(page.get_by_role("status")).to_contain_text("queued")
+
+    page.get_by_role("link", name="Browser hook").click()
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator(".heading .status")).to_have_text("paused")
+    page.get_by_role("button", name="Reactivate").click()
+    expect(page.locator(".heading .status")).to_have_text("active")
+
+
+def test_a_read_only_portal_link_shows_no_controls_and_works_once(
+    page: Page, hookd: tuple[HookdProcess, str]
+) -> None:
+    page.set_default_timeout(10_000)
+    hook = api(
+        hookd,
+        "POST",
+        "/v2/webhooks",
+        json={"name": "Portal hook", "url": "https://example.com/h", "topics": ["post.created"]},
+    )
+    link = api(
+        hookd, "POST", "/v2/portal/sessions", json={"webhookIds": [hook["id"]], "readOnly": True}
+    )
+    page.goto(link["url"])
+    expect(page.get_by_role("heading", name="Portal hook")).to_be_visible()
+    expect(page.get_by_text("read-only")).to_be_visible()
+    buttons = page.get_by_role("button").all_inner_texts()
+    assert buttons == ["Sign out"], f"a read-only session shows no changing control: {buttons}"
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Webhooks").click()
+    expect(page.get_by_role("link", name="Portal hook")).to_be_visible()
+    expect(page.get_by_role("link", name="New webhook")).to_have_count(0)
+
+    again = page.context.browser.new_page()  # type: ignore[union-attr]
+    try:
+        response = again.goto(link["url"])
+        assert response is not None and response.status == 404
+        expect(again.get_by_text("portal_link_invalid")).to_be_visible()
+    finally:
+        again.close()
+
+
+def test_the_pages_fit_360_px(page: Page, hookd: tuple[HookdProcess, str]) -> None:
+    page.set_default_timeout(10_000)
+    page.set_viewport_size({"width": 360, "height": 740})
+    hook = api(
+        hookd,
+        "POST",
+        "/v2/webhooks",
+        json={
+            "name": "A webhook with a rather long name to wrap",
+            "url": "https://example.com/a/very/long/path/that/must/wrap/somewhere/on/a/phone",
+            "topics": ["post.created", "comment.created", "changelog.published"],
+        },
+    )
+    sign_in(page, hookd)
+    server, _key = hookd
+    for path in ["/dashboard", f"/dashboard/webhooks/{hook['id']}", "/dashboard/events"]:
+        page.goto(server.url(path))
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360, f"{path} scrolls sideways at 360 px: {width} px wide"
