@@ -72,6 +72,7 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("crash-recovery-postgres", "crash_recovery.py", ("--db", "postgres"), full_timeout=900.0),
     Bench("noisy-neighbour-sqlite", "noisy_neighbour.py", ("--db", "sqlite")),
     Bench("listing", "listing.py", ("--db", "both")),
+    Bench("dashboard", "dashboard.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
     Bench("helper-thread", "helper_thread.py"),
 )

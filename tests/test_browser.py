@@ -8,6 +8,7 @@ control that works once, and the pages at 360 px wide. One browser for all of th
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,29 @@ def hookd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HookdProce
         yield server, server.api_key()
 
 
+_AXE = Path(__file__).with_name("vendor") / "axe-core" / "axe.min.js"
+
+
+def accessibility_problems(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page (WCAG 2 A and AA rules).
+    Evaluated through the DevTools protocol, which the page's CSP does not govern."""
+    page.evaluate(_AXE.read_text())
+    found = page.evaluate(
+        """async () => (await axe.run(document, {runOnly: ["wcag2a", "wcag2aa"]})).violations
+            .filter(v => v.impact === "serious" || v.impact === "critical")
+            .map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(" ")).slice(0, 3)})`)"""
+    )
+    return list(found)
+
+
+def screenshot(page: Page, name: str) -> None:
+    """With HOOKD_SCREENSHOTS=<dir>, save the page there (the README's images come from
+    ``HOOKD_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_browser.py``)."""
+    directory = os.environ.get("HOOKD_SCREENSHOTS")
+    if directory:
+        page.screenshot(path=str(Path(directory) / f"dashboard-{name}.png"), full_page=True)
+
+
 def api(hookd: tuple[HookdProcess, str], method: str, path: str, **kw: Any) -> Any:
     server, key = hookd
     response = httpx.request(
@@ -97,6 +121,7 @@ def test_create_a_webhook_and_watch_its_delivery_arrive(
     page.get_by_role("button", name="Create webhook").click()
     error = page.locator("#url-error")
     expect(error).to_be_visible()
+    assert accessibility_problems(page) == [], "the form with an error"
     expect(page.get_by_label("URL", exact=True)).to_have_attribute("aria-invalid", "true")
 
     page.get_by_label("URL", exact=True).fill(receiver_url)
@@ -109,9 +134,14 @@ def test_create_a_webhook_and_watch_its_delivery_arrive(
     deliveries = page.locator("#deliveries")
     expect(deliveries.locator(".status-succeeded")).to_have_count(1, timeout=15_000)
     assert page.evaluate("window.stillHere") is True, "the delivery appeared without a reload"
+    if os.environ.get("HOOKD_SCREENSHOTS"):
+        page.reload()  # the charts are drawn when the page is
+        screenshot(page, "webhook")
 
     deliveries.locator("a").first.click()
     expect(page.locator("pre.payload")).to_contain_text('"topic": "post.created"')
+    assert accessibility_problems(page) == [], "the delivery page"
+    screenshot(page, "delivery")
     page.get_by_role("button", name="Retry now").click()
     expect(page.get_by_role("status")).to_contain_text("queued")
 
@@ -120,6 +150,8 @@ def test_create_a_webhook_and_watch_its_delivery_arrive(
     expect(page.locator(".heading .status")).to_have_text("paused")
     page.get_by_role("button", name="Reactivate").click()
     expect(page.locator(".heading .status")).to_have_text("active")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Webhooks").click()
+    screenshot(page, "webhooks")
 
 
 def test_a_read_only_portal_link_shows_no_controls_and_works_once(
@@ -168,7 +200,15 @@ def test_the_pages_fit_360_px(page: Page, hookd: tuple[HookdProcess, str]) -> No
     )
     sign_in(page, hookd)
     server, _key = hookd
-    for path in ["/dashboard", f"/dashboard/webhooks/{hook['id']}", "/dashboard/events"]:
+    pages = [
+        "/dashboard",
+        f"/dashboard/webhooks/{hook['id']}",
+        f"/dashboard/webhooks/{hook['id']}/edit",
+        "/dashboard/webhooks/new",
+        "/dashboard/events",
+    ]
+    for path in pages:
         page.goto(server.url(path))
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 360, f"{path} scrolls sideways at 360 px: {width} px wide"
+        assert accessibility_problems(page) == [], path

@@ -72,7 +72,7 @@ def _frame(title: str, top: int, unit: str, body: list[str], points: Sequence[Po
         parts.append(
             f'<line class="grid" x1="{_LEFT}" x2="{_WIDTH}" y1="{y:.1f}" y2="{y:.1f}"/>'
             f'<text class="axis" x="{_LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{round(top * frac)}{unit}</text>"
+            f"{top * frac:g}{unit}</text>"
         )
     if points:
         parts.append(

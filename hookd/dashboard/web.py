@@ -55,6 +55,7 @@ SESSION_COOKIE = "hookd_session"
 SIGN_IN_COOKIE = "hookd_sign_in"
 SESSION_MS = 12 * HOUR_MS
 PAGE_SIZE = 20
+WEBHOOKS_PAGE_SIZE = 100
 EVENTS_PAGE_SIZE = 25
 DEFAULT_TIMEOUT_MS = 5000
 GRACE_PERIODS = {"0": "none (the old secret stops now)", "3600": "1 hour", "86400": "24 hours"}
@@ -380,41 +381,53 @@ def _asset(name: str) -> bytes:
 # The webhooks page.
 
 
+def _failing(w: Webhook) -> bool:
+    return (
+        w.status == "suspended"
+        or w.consecutive_failures > 0
+        or (w.last_status_code is not None and not 200 <= w.last_status_code < 300)
+    )
+
+
+def _order(w: Webhook) -> tuple[int, str, str]:
+    """Suspended first, then failing, then the rest; by name within each."""
+    rank = 0 if w.status == "suspended" else 1 if _failing(w) else 2
+    return rank, w.name.lower(), w.id
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
-    """A webhook as the overview lists it."""
+    """A webhook as the webhooks page lists it, with its last 24 hours."""
 
     webhook: Webhook
     stats: Rollup | None
 
     @property
     def failing(self) -> bool:
-        w = self.webhook
-        return (
-            w.status == "suspended"
-            or w.consecutive_failures > 0
-            or (w.last_status_code is not None and not 200 <= w.last_status_code < 300)
-        )
-
-    @property
-    def order(self) -> tuple[int, str]:
-        rank = 0 if self.webhook.status == "suspended" else 1 if self.failing else 2
-        return rank, self.webhook.name.lower()
+        return _failing(self.webhook)
 
 
 @router.get("")
 @html_errors
-async def overview(request: Request) -> Response:
+async def overview(request: Request, page: str = "1") -> Response:
     session = await _session(request)
     store = _store(request)
-    webhooks = await _webhooks(store, session)
-    stats = await store.rollup_overview(session.organization_id, store.clock() - _DAY_MS)
-    rows = sorted((Row(w, stats.get(w.id)) for w in webhooks), key=lambda r: r.order)
+    webhooks = sorted(await _webhooks(store, session), key=_order)
+    pages = max(1, -(-len(webhooks) // WEBHOOKS_PAGE_SIZE))
+    number = int(page) if page.isdigit() and len(page) < 7 else 0
+    if not 1 <= number <= pages:
+        raise ApiError(400, "parameter_invalid", f"page must be from 1 to {pages}.", "page")
+    shown = webhooks[(number - 1) * WEBHOOKS_PAGE_SIZE : number * WEBHOOKS_PAGE_SIZE]
+    stats = await store.rollup_totals([w.id for w in shown], store.clock() - _DAY_MS)
     return _render(
         request,
         "webhooks.html",
         session=session,
-        rows=rows,
+        rows=[Row(w, stats.get(w.id)) for w in shown],
+        total=len(webhooks),
+        first=(number - 1) * WEBHOOKS_PAGE_SIZE + 1,
+        page=number,
+        pages=pages,
         can_create=not session.read_only and session.webhook_ids is None,
     )
 

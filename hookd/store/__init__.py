@@ -346,9 +346,10 @@ class Store:
 
     # The dashboard's rollups (hookd.store.rollups).
 
-    async def rollup_overview(self, organization_id: str, since: int) -> dict[str, Rollup]:
-        """Each of the organization's webhooks' attempts since ``since``, summed."""
-        return await self.driver.read(rollups.overview(organization_id, since))
+    async def rollup_totals(self, webhook_ids: Sequence[str], since: int) -> dict[str, Rollup]:
+        """These webhooks' attempts since ``since``, summed per webhook (the caller has
+        checked that they are the organization's)."""
+        return await self.driver.read(rollups.totals(webhook_ids, since))
 
     async def rollup_series(self, webhook_id: str, since: int) -> list[Rollup]:
         """One webhook's hourly rollups since ``since``, oldest first."""

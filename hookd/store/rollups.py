@@ -27,11 +27,11 @@ __all__ = [
     "HOUR_MS",
     "Rollup",
     "bucket_of",
-    "overview",
     "percentile",
     "record",
     "rollup_rows",
     "series",
+    "totals",
 ]
 
 BUCKETS = SKETCH_BUCKETS
@@ -139,12 +139,12 @@ def record(attempts: Sequence[Mapping[str, Any]]) -> Op[None]:
         yield many("rollup_add", found)
 
 
-def overview(organization_id: str, since: int) -> Op[dict[str, Rollup]]:
-    """Each of the organization's webhooks' attempts since ``since`` (ms; counted by whole
-    hours from the hour it falls in), by webhook id; webhooks without any are left out."""
-    found = yield rows(
-        "rollup_overview", organization_id=organization_id, since=since - since % HOUR_MS
-    )
+def totals(webhook_ids: Sequence[str], since: int) -> Op[dict[str, Rollup]]:
+    """Each of these webhooks' attempts since ``since`` (ms; counted by whole hours from the
+    hour it falls in), by webhook id; webhooks without any are left out."""
+    if not webhook_ids:
+        return {}
+    found = yield rows("rollup_totals", ids=list(webhook_ids), since=since - since % HOUR_MS)
     return {r["webhook_id"]: Rollup.from_row(r, False) for r in found}
 
 

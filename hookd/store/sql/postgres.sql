@@ -324,3 +324,15 @@ ON CONFLICT (webhook_id, hour) DO UPDATE SET
     b21 = webhook_rollups.b21 + excluded.b21,
     b22 = webhook_rollups.b22 + excluded.b22,
     b23 = webhook_rollups.b23 + excluded.b23;
+
+-- name: rollup_totals
+SELECT webhook_id, sum(attempts) AS attempts, sum(successes) AS successes,
+       sum(failures) AS failures, sum(time_sum) AS time_sum,
+       sum(b00) AS b00, sum(b01) AS b01, sum(b02) AS b02, sum(b03) AS b03, sum(b04) AS b04,
+       sum(b05) AS b05, sum(b06) AS b06, sum(b07) AS b07, sum(b08) AS b08, sum(b09) AS b09,
+       sum(b10) AS b10, sum(b11) AS b11, sum(b12) AS b12, sum(b13) AS b13, sum(b14) AS b14,
+       sum(b15) AS b15, sum(b16) AS b16, sum(b17) AS b17, sum(b18) AS b18, sum(b19) AS b19,
+       sum(b20) AS b20, sum(b21) AS b21, sum(b22) AS b22, sum(b23) AS b23
+FROM webhook_rollups
+WHERE webhook_id = ANY(:ids::text[]) AND hour >= :since
+GROUP BY webhook_id;
