@@ -354,7 +354,9 @@ async def test_actions_pause_test_recover_refresh_secret_and_retry(
     page = await browser.get(base)
     since = re.search(r'name="since" type="datetime-local" value="([^"]+)"', page.text)
     assert since
-    assert (await browser.post(f"{base}/recover", {"since": since.group(1)})).status_code == 303
+    recovered = await browser.post(f"{base}/recover", {"since": since.group(1)})
+    assert recovered.status_code == 303
+    assert "Recovery queued: 0 event(s)" in (await browser.get(recovered.headers["location"])).text
 
     delivery = listed[-1]
     detail = await browser.get(f"{base}/deliveries/{delivery['id']}")
@@ -547,3 +549,28 @@ async def test_the_dashboard_can_be_turned_off(database_url: str, store: Store) 
         )
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "dashboard_disabled"
+
+
+async def test_the_webhooks_page_shows_100_a_page(api: Api, browser: Browser) -> None:
+    org = await api.store.create_organization("big", 200, DEFAULT_API_VERSION)
+    _key, secret = await api.store.create_api_key(org.id, None)
+    for i in range(101):
+        await api.store.create_webhook(
+            org.id,
+            name=f"Hook {i:03d}",
+            url="https://example.com/h",
+            description=None,
+            topics=["post.created"],
+            timeout_ms=5000,
+            headers={},
+            secret="whsec_x",
+        )
+    await browser.sign_in(secret)
+    first = await browser.get("/dashboard")
+    rows = '<td data-label="Webhook"><a href="/dashboard/webhooks/'
+    assert first.text.count(rows) == 100, "100 webhooks a page"
+    assert "Hook 000" in first.text and "Hook 100" not in first.text
+    assert "1\u2013100 of 101" in first.text and 'href="/dashboard?page=2"' in first.text
+    second = await browser.get("/dashboard?page=2")
+    assert "Hook 100" in second.text and "Hook 099" not in second.text
+    assert (await browser.get("/dashboard?page=3")).status_code == 400

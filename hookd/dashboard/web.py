@@ -660,9 +660,13 @@ async def webhook_page(
     range: str = "24h",
     reveal: str | None = None,
     notice: str | None = None,
+    queued: str | None = None,
 ) -> Response:
     session = await _session(request)
     webhook = await _webhook(request, session, webhook_id)
+    message = NOTICES.get(notice or "")
+    if notice == "recovered" and queued is not None and queued.isdigit() and len(queued) < 10:
+        message = f"Recovery queued: {int(queued)} event(s) without a succeeded delivery."
     store = _store(request)
     now = store.clock()
     hours = 168 if range == "7d" else 24
@@ -675,7 +679,7 @@ async def webhook_page(
         request,
         "webhook.html",
         session=session,
-        notice=NOTICES.get(notice or ""),
+        notice=message,
         reveal=reveal == "secret",
         range=hours,
         totals=totals,
