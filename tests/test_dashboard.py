@@ -388,6 +388,24 @@ async def test_the_events_page_lists_and_looks_up_events(api: Api, browser: Brow
     assert missing.status_code == 400 and 'id="event-id-error"' in missing.text
 
 
+async def test_a_malformed_form_is_refused_not_a_server_error(api: Api, browser: Browser) -> None:
+    hook = await api.create_webhook()
+    await browser.sign_in(api.key)
+    flood = "&".join(f"f{i}=x" for i in range(300))
+    response = await browser.client.post(
+        f"/dashboard/webhooks/{hook['id']}/test",
+        content=flood.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    garbage = await browser.client.post(
+        f"/dashboard/webhooks/{hook['id']}/test",
+        content=b"\xff\xfe%%%=&&==",
+        headers={"X-CSRF-Token": browser.csrf},
+    )
+    assert garbage.status_code in (303, 400), garbage.status_code
+
+
 async def test_the_static_assets_are_served_with_their_license(browser: Browser) -> None:
     js = await browser.client.get("/dashboard/static/htmx.min.js")
     assert js.status_code == 200 and "htmx" in js.text

@@ -1,59 +1,48 @@
-"""The dashboard and customer portal (SPEC §9): HTML pages rendered on the server, with htmx
-for the live delivery list and nothing else of JavaScript.
+"""The dashboard's pages (SPEC §9): webhooks, a webhook with its charts and live deliveries,
+a delivery, events; and the forms and buttons that change them. HTML rendered on the server,
+with htmx for the live delivery list and nothing else of JavaScript.
 
-Sessions: signing in with an API key, or opening a one-time portal link
-(:mod:`hookd.api.portal`), starts a session kept in the ``hookd_session`` cookie
-(``HttpOnly``, ``SameSite=Lax``, ``Secure`` on https). Every ``POST`` carries the session's
-CSRF token (a form field, or the ``X-CSRF-Token`` header htmx sends); the sign-in form, made
-before any session, carries a token that must match its own cookie. A read-only session is
-shown no control that changes anything, and every change it asks for anyway is refused
-(``403 read_only_session``); a session limited to some webhooks finds any other as if it did
-not exist (``404``).
-
-Pages read and write through the same store functions as the API; this module has no SQL.
+Who may see and do what is settled by :mod:`hookd.dashboard.auth` (sessions, CSRF, read-only);
+a session limited to some webhooks finds any other as if it did not exist (``404``). Pages
+read and write through the same store functions as the API; this module has no SQL.
 """
 
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import MISSING
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 
 from hookd.api.events import encode_data
 from hookd.api.schemas import WebhookCreate, WebhookUpdate
 from hookd.api.validation import parse_body
-from hookd.clock import iso_ms
+from hookd.dashboard import auth
+from hookd.dashboard.auth import checked_change, current_session, form_value, read_only
 from hookd.dashboard.charts import attempts_chart, hourly_points, p95_chart
+from hookd.dashboard.render import app_settings, app_store, html_errors, redirect, render
 from hookd.delivery.envelope import event_body
 from hookd.errors import ApiError
-from hookd.ids import API_KEY_PREFIX, api_key_hash, is_event_id, is_object_id, new_secret
-from hookd.settings import Settings
+from hookd.ids import is_event_id, is_object_id, new_secret
 from hookd.store import DashboardSession, EventDraft, Store, Webhook
 from hookd.store.records import DELIVERY_STATUSES
 from hookd.store.rollups import HOUR_MS, Rollup
 from hookd.store.webhooks import FIRST_PAGE
 from hookd.topics import TOPICS
 
-__all__ = ["SESSION_COOKIE", "router", "security_headers"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
-SESSION_COOKIE = "hookd_session"
-SIGN_IN_COOKIE = "hookd_sign_in"
-SESSION_MS = 12 * HOUR_MS
 PAGE_SIZE = 20
 WEBHOOKS_PAGE_SIZE = 100
 EVENTS_PAGE_SIZE = 25
@@ -78,157 +67,6 @@ NOTICES = {
     "recovered": "Recovery queued.",
 }
 
-_templates = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-
-P = ParamSpec("P")
-
-
-def _time(ms: int | None) -> str:
-    return "—" if ms is None else iso_ms(ms)[:19].replace("T", " ") + " UTC"
-
-
-def _percent(rate: float | None) -> str:
-    return "—" if rate is None else f"{rate * 100:.1f} %"
-
-
-_templates.filters["time"] = _time
-_templates.filters["percent"] = _percent
-
-
-def security_headers(settings: Settings) -> dict[str, str]:
-    """Headers of every dashboard response: a CSP without inline scripts, no framing but
-    by ``HOOKD_PORTAL_FRAME_ANCESTORS``, no referrer (a portal link carries a token)."""
-    ancestors = settings.portal_frame_ancestors or "'none'"
-    return {
-        "Content-Security-Policy": (
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            f"connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors {ancestors}"
-        ),
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "Cache-Control": "no-store",
-    }
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-def _render(
-    request: Request,
-    template: str,
-    http_status: int = 200,
-    session: DashboardSession | None = None,
-    **context: Any,
-) -> HTMLResponse:
-    html = _templates.get_template(template).render(
-        session=session,
-        can_change=session is not None and not session.read_only,
-        path=request.url.path,
-        **context,
-    )
-    return HTMLResponse(html, status_code=http_status, headers=security_headers(_settings(request)))
-
-
-def _redirect(request: Request, url: str) -> Response:
-    return RedirectResponse(url, status_code=303, headers=security_headers(_settings(request)))
-
-
-def _secure(request: Request) -> bool:
-    public = _settings(request).public_url or ""
-    return request.url.scheme == "https" or public.startswith("https://")
-
-
-def html_errors(
-    endpoint: Callable[P, Awaitable[Response]],
-) -> Callable[P, Awaitable[Response]]:
-    """Answer an endpoint's :class:`ApiError` as a page (or, to htmx, a fragment) with the
-    error's status, code and message; a request without a session is sent to sign in."""
-
-    @functools.wraps(endpoint)
-    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> Response:
-        request = kwargs["request"]
-        assert isinstance(request, Request)
-        try:
-            return await endpoint(*args, **kwargs)
-        except ApiError as error:
-            htmx = request.headers.get("hx-request") == "true"
-            if error.code == "session_missing":
-                if htmx:
-                    return Response(
-                        status_code=401,
-                        headers={
-                            "HX-Redirect": "/dashboard/sign-in",
-                            **security_headers(_settings(request)),
-                        },
-                    )
-                if request.method == "GET":
-                    return _redirect(request, "/dashboard/sign-in")
-            return _render(
-                request,
-                "_error.html" if htmx else "error.html",
-                error.status,
-                status=error.status,
-                code=error.code,
-                message=error.message,
-            )
-
-    return wrapped
-
-
-async def _session(request: Request) -> DashboardSession:
-    token = request.cookies.get(SESSION_COOKIE)
-    session = None
-    if token and len(token) <= 100:
-        session = await _store(request).get_session(token)
-    if session is None:
-        raise ApiError(
-            401,
-            "session_missing",
-            "Sign in to the dashboard again: this session ended, expired, or its API key was revoked.",
-        )
-    return session
-
-
-async def _form(request: Request) -> dict[str, list[str]]:
-    body = (await request.body()).decode("utf-8", "replace")
-    return urllib.parse.parse_qs(body, keep_blank_values=True, max_num_fields=200)
-
-
-def _field(form: dict[str, list[str]], name: str) -> str:
-    values = form.get(name)
-    return values[0] if values else ""
-
-
-async def _change(request: Request) -> tuple[DashboardSession, dict[str, list[str]]]:
-    """The session and form of a request that changes something, after checking that the
-    session may change things and that the request carries its CSRF token."""
-    session = await _session(request)
-    form = await _form(request)
-    sent = request.headers.get("x-csrf-token") or _field(form, "csrf_token")
-    if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
-        raise ApiError(
-            403,
-            "csrf_invalid",
-            "This form is out of date or did not come from the dashboard; reload the page and try again.",
-        )
-    if session.read_only:
-        raise ApiError(
-            403, "read_only_session", "This session is read-only: it can look but not change."
-        )
-    return session, form
-
 
 def _missing(kind: str = "webhook") -> ApiError:
     return ApiError(404, "resource_missing", f"No {kind} has this id.", "id")
@@ -237,7 +75,7 @@ def _missing(kind: str = "webhook") -> ApiError:
 async def _webhook(request: Request, session: DashboardSession, webhook_id: str) -> Webhook:
     if not is_object_id(webhook_id) or not session.sees(webhook_id):
         raise _missing()
-    found = await _store(request).get_webhook(session.organization_id, webhook_id)
+    found = await app_store(request).get_webhook(session.organization_id, webhook_id)
     if found is None:
         raise _missing()
     return found
@@ -256,109 +94,6 @@ async def _webhooks(store: Store, session: DashboardSession) -> list[Webhook]:
         if len(page) < 500:
             return webhooks
         before = page[-1].id
-
-
-# Sign-in, portal links, sign-out.
-
-
-@router.get("/sign-in")
-@html_errors
-async def sign_in_page(request: Request) -> Response:
-    token = request.cookies.get(SESSION_COOKIE)
-    if token and len(token) <= 100 and await _store(request).get_session(token) is not None:
-        return _redirect(request, "/dashboard")
-    return _sign_in_form(request, 200, {})
-
-
-def _sign_in_form(request: Request, status: int, errors: dict[str, str]) -> Response:
-    csrf = secrets.token_urlsafe(24)
-    response = _render(request, "sign_in.html", status, csrf=csrf, errors=errors)
-    response.set_cookie(
-        SIGN_IN_COOKIE,
-        csrf,
-        max_age=3600,
-        path="/dashboard",
-        httponly=True,
-        samesite="lax",
-        secure=_secure(request),
-    )
-    return response
-
-
-def _set_session_cookie(request: Request, response: Response, token: str, expires_at: int) -> None:
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=max(1, (expires_at - _store(request).clock()) // 1000),
-        path="/dashboard",
-        httponly=True,
-        samesite="lax",
-        secure=_secure(request),
-    )
-
-
-@router.post("/sign-in")
-@html_errors
-async def sign_in(request: Request) -> Response:
-    form = await _form(request)
-    expected = request.cookies.get(SIGN_IN_COOKIE, "")
-    sent = _field(form, "csrf_token")
-    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-        raise ApiError(
-            403,
-            "csrf_invalid",
-            "This sign-in form is out of date; open /dashboard/sign-in again.",
-        )
-    key = _field(form, "api_key").strip()
-    store = _store(request)
-    if not key.startswith(API_KEY_PREFIX) or len(key) > 256:
-        return _sign_in_form(request, 401, {"api_key": "An API key starts with sk_."})
-    context = await store.authenticate(api_key_hash(key))
-    if context is None:
-        return _sign_in_form(request, 401, {"api_key": "This API key does not exist."})
-    if context.revoked:
-        return _sign_in_form(request, 401, {"api_key": "This API key has been revoked."})
-    expires_at = store.clock() + SESSION_MS
-    token = await store.create_session(
-        context.organization.id, context.key_id, None, False, expires_at
-    )
-    response = _redirect(request, "/dashboard")
-    _set_session_cookie(request, response, token, expires_at)
-    response.delete_cookie(SIGN_IN_COOKIE, path="/dashboard")
-    return response
-
-
-@router.get("/portal/{token}")
-@html_errors
-async def open_portal(request: Request, token: str) -> Response:
-    store = _store(request)
-    opened = await store.open_portal_link(token) if len(token) <= 100 else None
-    session = None if opened is None else await store.get_session(opened)
-    if opened is None or session is None:
-        raise ApiError(
-            404,
-            "portal_link_invalid",
-            "This link has been used already or has expired; ask for a new one.",
-        )
-    target = "/dashboard"
-    if session.webhook_ids is not None and len(session.webhook_ids) == 1:
-        target = f"/dashboard/webhooks/{session.webhook_ids[0]}"
-    response = _redirect(request, target)
-    _set_session_cookie(request, response, opened, session.expires_at)
-    return response
-
-
-@router.post("/sign-out")
-@html_errors
-async def sign_out(request: Request) -> Response:
-    session = await _session(request)
-    form = await _form(request)
-    if not hmac.compare_digest(_field(form, "csrf_token").encode(), session.csrf_token.encode()):
-        raise ApiError(403, "csrf_invalid", "Reload the page and sign out again.")
-    await _store(request).end_session(session.id)
-    response = _redirect(request, "/dashboard/sign-in")
-    response.delete_cookie(SESSION_COOKIE, path="/dashboard")
-    return response
 
 
 @router.get("/static/{name}")
@@ -410,8 +145,8 @@ class Row:
 @router.get("")
 @html_errors
 async def overview(request: Request, page: str = "1") -> Response:
-    session = await _session(request)
-    store = _store(request)
+    session = await current_session(request)
+    store = app_store(request)
     webhooks = sorted(await _webhooks(store, session), key=_order)
     pages = max(1, -(-len(webhooks) // WEBHOOKS_PAGE_SIZE))
     number = int(page) if page.isdigit() and len(page) < 7 else 0
@@ -419,7 +154,7 @@ async def overview(request: Request, page: str = "1") -> Response:
         raise ApiError(400, "parameter_invalid", f"page must be from 1 to {pages}.", "page")
     shown = webhooks[(number - 1) * WEBHOOKS_PAGE_SIZE : number * WEBHOOKS_PAGE_SIZE]
     stats = await store.rollup_totals([w.id for w in shown], store.clock() - _DAY_MS)
-    return _render(
+    return render(
         request,
         "webhooks.html",
         session=session,
@@ -438,21 +173,21 @@ async def overview(request: Request, page: str = "1") -> Response:
 def _form_body(form: dict[str, list[str]], errors: dict[str, str]) -> dict[str, Any]:
     """The API request body a webhook form stands for (its own format errors in ``errors``)."""
     body: dict[str, Any] = {
-        "name": _field(form, "name"),
-        "url": _field(form, "url").strip(),
+        "name": form_value(form, "name"),
+        "url": form_value(form, "url").strip(),
         "topics": form.get("topics", []),
     }
-    description = _field(form, "description")
+    description = form_value(form, "description")
     body["description"] = description or None
     config: dict[str, Any] = {}
-    timeout = _field(form, "timeoutMs").strip()
+    timeout = form_value(form, "timeoutMs").strip()
     if timeout:
         if timeout.isdigit() and len(timeout) < 10:
             config["timeoutMs"] = int(timeout)
         else:
             errors["timeoutMs"] = "Give a whole number of milliseconds, from 1000 to 30000."
     headers: dict[str, str] = {}
-    for line in _field(form, "headers").splitlines():
+    for line in form_value(form, "headers").splitlines():
         if not line.strip():
             continue
         name, colon, value = line.partition(":")
@@ -465,7 +200,7 @@ def _form_body(form: dict[str, list[str]], errors: dict[str, str]) -> dict[str, 
     return body
 
 
-def _error_field(param: str | None) -> str:
+def _errorform_value(param: str | None) -> str:
     """The form field an API error's ``param`` is about."""
     if param is None:
         return "form"
@@ -477,12 +212,12 @@ def _error_field(param: str | None) -> str:
 
 def _form_values(form: dict[str, list[str]]) -> dict[str, Any]:
     return {
-        "name": _field(form, "name"),
-        "url": _field(form, "url"),
-        "description": _field(form, "description"),
+        "name": form_value(form, "name"),
+        "url": form_value(form, "url"),
+        "description": form_value(form, "description"),
         "topics": form.get("topics", []),
-        "timeoutMs": _field(form, "timeoutMs"),
-        "headers": _field(form, "headers"),
+        "timeoutMs": form_value(form, "timeoutMs"),
+        "headers": form_value(form, "headers"),
     }
 
 
@@ -506,17 +241,17 @@ def _validated(
         return None, errors
     try:
         parsed = parse_body(
-            orjson.dumps(body), model, {"allow_http": _settings(request).allow_http}
+            orjson.dumps(body), model, {"allow_http": app_settings(request).allow_http}
         )
     except ApiError as error:
-        return None, {_error_field(error.param): error.message}
+        return None, {_errorform_value(error.param): error.message}
     return parsed, {}
 
 
 @router.get("/webhooks/new")
 @html_errors
 async def new_webhook_page(request: Request) -> Response:
-    session = await _session(request)
+    session = await current_session(request)
     _may_create(session)
     values = {"topics": [], "timeoutMs": str(DEFAULT_TIMEOUT_MS)}
     return _webhook_form(request, session, None, values, {}, 200)
@@ -524,9 +259,7 @@ async def new_webhook_page(request: Request) -> Response:
 
 def _may_create(session: DashboardSession) -> None:
     if session.read_only:
-        raise ApiError(
-            403, "read_only_session", "This session is read-only: it can look but not change."
-        )
+        raise read_only()
     if session.webhook_ids is not None:
         raise ApiError(
             403,
@@ -543,7 +276,7 @@ def _webhook_form(
     errors: dict[str, str],
     status: int,
 ) -> Response:
-    return _render(
+    return render(
         request,
         "webhook_form.html",
         status,
@@ -552,21 +285,21 @@ def _webhook_form(
         values=values,
         errors=errors,
         topics=TOPICS,
-        allow_http=_settings(request).allow_http,
+        allow_http=app_settings(request).allow_http,
     )
 
 
 @router.post("/webhooks")
 @html_errors
 async def create_webhook(request: Request) -> Response:
-    session, form = await _change(request)
+    session, form = await checked_change(request)
     _may_create(session)
     parsed, errors = _validated(request, form, WebhookCreate)
     if parsed is None:
         return _webhook_form(request, session, None, _form_values(form), errors, 400)
     config = parsed.requestConfig
     try:
-        webhook = await _store(request).create_webhook(
+        webhook = await app_store(request).create_webhook(
             session.organization_id,
             name=parsed.name,
             url=parsed.url,
@@ -577,27 +310,25 @@ async def create_webhook(request: Request) -> Response:
             secret=new_secret(),
         )
     except ApiError as error:
-        errors = {_error_field(error.param): error.message}
+        errors = {_errorform_value(error.param): error.message}
         return _webhook_form(request, session, None, _form_values(form), errors, error.status)
-    return _redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=created&reveal=secret")
+    return redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=created&reveal=secret")
 
 
 @router.get("/webhooks/{webhook_id}/edit")
 @html_errors
 async def edit_webhook_page(request: Request, webhook_id: str) -> Response:
-    session = await _session(request)
+    session = await current_session(request)
     webhook = await _webhook(request, session, webhook_id)
     if session.read_only:
-        raise ApiError(
-            403, "read_only_session", "This session is read-only: it can look but not change."
-        )
+        raise read_only()
     return _webhook_form(request, session, webhook, _webhook_values(webhook), {}, 200)
 
 
 @router.post("/webhooks/{webhook_id}")
 @html_errors
 async def update_webhook(request: Request, webhook_id: str) -> Response:
-    session, form = await _change(request)
+    session, form = await checked_change(request)
     webhook = await _webhook(request, session, webhook_id)
     parsed, errors = _validated(request, form, WebhookUpdate)
     if parsed is None:
@@ -611,8 +342,8 @@ async def update_webhook(request: Request, webhook_id: str) -> Response:
     }
     if parsed.requestConfig.timeoutMs is not MISSING:
         changes["timeout_ms"] = parsed.requestConfig.timeoutMs
-    await _store(request).update_webhook(session.organization_id, webhook.id, changes)
-    return _redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=saved")
+    await app_store(request).update_webhook(session.organization_id, webhook.id, changes)
+    return redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=saved")
 
 
 # The webhook page and its actions.
@@ -635,7 +366,7 @@ async def _deliveries_context(
     request: Request, webhook: Webhook, status: str | None, before: str | None
 ) -> dict[str, Any]:
     status, start = _deliveries_query(status, before)
-    found = await _store(request).list_deliveries(webhook.id, status, start, PAGE_SIZE + 1)
+    found = await app_store(request).list_deliveries(webhook.id, status, start, PAGE_SIZE + 1)
     older = found[PAGE_SIZE - 1].id if len(found) > PAGE_SIZE else None
     query = {"status": status} if status else {}
     return {
@@ -662,12 +393,12 @@ async def webhook_page(
     notice: str | None = None,
     queued: str | None = None,
 ) -> Response:
-    session = await _session(request)
+    session = await current_session(request)
     webhook = await _webhook(request, session, webhook_id)
     message = NOTICES.get(notice or "")
     if notice == "recovered" and queued is not None and queued.isdigit() and len(queued) < 10:
         message = f"Recovery queued: {int(queued)} event(s) without a succeeded delivery."
-    store = _store(request)
+    store = app_store(request)
     now = store.clock()
     hours = 168 if range == "7d" else 24
     series = await store.rollup_series(webhook.id, now - (hours - 1) * HOUR_MS)
@@ -675,7 +406,7 @@ async def webhook_page(
     day = [r for r in series if r.hour is not None and r.hour > now - _DAY_MS]
     totals = _sum(day)
     window = "7 days" if hours == 168 else "24 hours"
-    return _render(
+    return render(
         request,
         "webhook.html",
         session=session,
@@ -715,30 +446,30 @@ async def deliveries_fragment(
     request: Request, webhook_id: str, status: str | None = None, before: str | None = None
 ) -> Response:
     """The delivery table alone: what htmx polls to keep the page live."""
-    session = await _session(request)
+    session = await current_session(request)
     webhook = await _webhook(request, session, webhook_id)
     context = await _deliveries_context(request, webhook, status, before)
-    return _render(request, "_deliveries.html", session=session, **context)
+    return render(request, "_deliveries.html", session=session, **context)
 
 
 @router.post("/webhooks/{webhook_id}/status")
 @html_errors
 async def set_status(request: Request, webhook_id: str) -> Response:
-    session, form = await _change(request)
+    session, form = await checked_change(request)
     webhook = await _webhook(request, session, webhook_id)
-    wanted = _field(form, "status")
+    wanted = form_value(form, "status")
     if wanted not in ("active", "paused"):
         raise ApiError(400, "parameter_invalid", "status must be active or paused.", "status")
-    await _store(request).update_webhook(session.organization_id, webhook.id, {"status": wanted})
-    return _redirect(request, f"/dashboard/webhooks/{webhook.id}?notice={wanted}")
+    await app_store(request).update_webhook(session.organization_id, webhook.id, {"status": wanted})
+    return redirect(request, f"/dashboard/webhooks/{webhook.id}?notice={wanted}")
 
 
 @router.post("/webhooks/{webhook_id}/test")
 @html_errors
 async def send_test(request: Request, webhook_id: str) -> Response:
-    session, form = await _change(request)
+    session, form = await checked_change(request)
     webhook = await _webhook(request, session, webhook_id)
-    topic = _field(form, "topic") or webhook.topics[0]
+    topic = form_value(form, "topic") or webhook.topics[0]
     if topic not in TOPICS:
         raise ApiError(400, "topic_unknown", "Choose one of the topics listed.", "topic")
     item = {
@@ -746,29 +477,29 @@ async def send_test(request: Request, webhook_id: str) -> Response:
         "id": f"test_{secrets.token_hex(8)}",
         "message": "A test event sent by hookd.",
     }
-    await _store(request).create_test_delivery(
+    await app_store(request).create_test_delivery(
         session.organization_id, webhook.id, EventDraft(topic, encode_data(item, []))
     )
-    return _redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=tested")
+    return redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=tested")
 
 
 @router.post("/webhooks/{webhook_id}/secret")
 @html_errors
 async def refresh_secret(request: Request, webhook_id: str) -> Response:
-    session, form = await _change(request)
+    session, form = await checked_change(request)
     webhook = await _webhook(request, session, webhook_id)
-    grace = _field(form, "gracePeriodSeconds")
-    if _field(form, "confirm") != "yes" or grace not in GRACE_PERIODS:
+    grace = form_value(form, "gracePeriodSeconds")
+    if form_value(form, "confirm") != "yes" or grace not in GRACE_PERIODS:
         raise ApiError(
             400,
             "parameter_invalid",
             "Tick the confirmation and choose a grace period to refresh the secret.",
             "confirm",
         )
-    await _store(request).rotate_secret(
+    await app_store(request).rotate_secret(
         session.organization_id, webhook.id, new_secret(), int(grace) * 1000
     )
-    return _redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=rotated&reveal=secret")
+    return redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=rotated&reveal=secret")
 
 
 def _local(ms: int) -> str:
@@ -789,13 +520,13 @@ def _parse_local(value: str, field: str) -> int:
 @router.post("/webhooks/{webhook_id}/recover")
 @html_errors
 async def recover(request: Request, webhook_id: str) -> Response:
-    session, form = await _change(request)
+    session, form = await checked_change(request)
     webhook = await _webhook(request, session, webhook_id)
-    store = _store(request)
+    store = app_store(request)
     now = store.clock()
-    since = _parse_local(_field(form, "since"), "since")
-    until = _parse_local(_field(form, "until"), "until") if _field(form, "until") else now
-    retention_ms = _settings(request).retention_days * _DAY_MS
+    since = _parse_local(form_value(form, "since"), "since")
+    until = _parse_local(form_value(form, "until"), "until") if form_value(form, "until") else now
+    retention_ms = app_settings(request).retention_days * _DAY_MS
     if since > now or until <= since:
         raise ApiError(
             400,
@@ -813,7 +544,7 @@ async def recover(request: Request, webhook_id: str) -> Response:
     queued = await store.recover(
         session.organization_id, webhook.id, list(webhook.topics), since, until
     )
-    return _redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=recovered&queued={queued}")
+    return redirect(request, f"/dashboard/webhooks/{webhook.id}?notice=recovered&queued={queued}")
 
 
 # Deliveries.
@@ -824,11 +555,11 @@ async def recover(request: Request, webhook_id: str) -> Response:
 async def delivery_page(
     request: Request, webhook_id: str, delivery_id: str, notice: str | None = None
 ) -> Response:
-    session = await _session(request)
+    session = await current_session(request)
     webhook = await _webhook(request, session, webhook_id)
     found = None
     if is_object_id(delivery_id):
-        found = await _store(request).get_delivery(webhook.id, delivery_id)
+        found = await app_store(request).get_delivery(webhook.id, delivery_id)
     if found is None:
         raise _missing("delivery of this webhook")
     delivery, event, attempts = found
@@ -837,7 +568,7 @@ async def delivery_page(
         indent=2,
         ensure_ascii=False,
     )
-    return _render(
+    return render(
         request,
         "delivery.html",
         session=session,
@@ -856,11 +587,11 @@ async def delivery_page(
 @router.post("/webhooks/{webhook_id}/deliveries/{delivery_id}/retry")
 @html_errors
 async def retry_delivery(request: Request, webhook_id: str, delivery_id: str) -> Response:
-    session, _form_data = await _change(request)
+    session, _form_data = await checked_change(request)
     webhook = await _webhook(request, session, webhook_id)
     delivery = None
     if is_object_id(delivery_id):
-        delivery = await _store(request).retry_delivery(webhook.id, delivery_id)
+        delivery = await app_store(request).retry_delivery(webhook.id, delivery_id)
     if delivery is None:
         raise _missing("delivery of this webhook")
     if delivery.status == "cancelled":
@@ -869,7 +600,7 @@ async def retry_delivery(request: Request, webhook_id: str, delivery_id: str) ->
             "delivery_cancelled",
             "This delivery was cancelled (its webhook was deleted) and cannot be retried.",
         )
-    return _redirect(
+    return redirect(
         request, f"/dashboard/webhooks/{webhook.id}/deliveries/{delivery.id}?notice=retried"
     )
 
@@ -882,8 +613,8 @@ async def retry_delivery(request: Request, webhook_id: str, delivery_id: str) ->
 async def events_page(
     request: Request, id: str | None = None, before: str | None = None
 ) -> Response:
-    session = await _session(request)
-    store = _store(request)
+    session = await current_session(request)
+    store = app_store(request)
     detail = None
     lookup_error = None
     if id:
@@ -911,7 +642,7 @@ async def events_page(
             recent = recent[:EVENTS_PAGE_SIZE]
             older = recent[-1].id
     names = {w.id: w.name for w in await _webhooks(store, session)} if detail else {}
-    return _render(
+    return render(
         request,
         "events.html",
         400 if lookup_error else 200,
@@ -924,3 +655,6 @@ async def events_page(
         older=older,
         scoped=session.webhook_ids is not None,
     )
+
+
+router.include_router(auth.router)
