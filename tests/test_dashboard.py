@@ -592,3 +592,17 @@ async def test_the_webhooks_page_shows_100_a_page(api: Api, browser: Browser) ->
     second = await browser.get("/dashboard?page=2")
     assert "Hook 100" in second.text and "Hook 099" not in second.text
     assert (await browser.get("/dashboard?page=3")).status_code == 400
+
+
+async def test_the_portal_can_be_framed_by_the_listed_origins(api: Api, database_url: str) -> None:
+    settings = make_settings(database_url, portal_frame_ancestors="https://app.example.com 'self'")
+    app = create_app(settings, api.store)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://hookd.test"
+    ) as client:
+        url = (await client.post("/v2/portal/sessions", json={}, headers=api.auth())).json()["url"]
+        await client.get(url.removeprefix("http://hookd.test"))  # keeps the session cookie
+        page = await client.get("/dashboard")
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert "frame-ancestors https://app.example.com 'self'" in csp
