@@ -7,9 +7,12 @@ control that works once, and the pages at 360 px wide. One browser for all of th
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import http.server
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
 
-from tests.processes import HookdProcess, HookdProcesses
+from tests.conftest import ENGINES, admin_sql, dsn_for
+from tests.processes import HookdProcess, HookdProcesses, run_hookd
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,9 +85,18 @@ def receiver_url() -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture(scope="module")
-def hookd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HookdProcess, str]]:
-    """``hookd serve`` on a SQLite file (the HTTP tests cover PostgreSQL), and its key."""
+def _admin_sql(sql: str) -> None:
+    # In a thread of its own: Playwright's event loop may be running in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, admin_sql(sql)).result()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def hookd(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[HookdProcess, str]]:
+    """``hookd serve`` (API and delivery worker) on a fresh database of each engine, and the
+    key it printed."""
     directory: Path = tmp_path_factory.mktemp("browser")
     env = {
         "HOOKD_ALLOW_HTTP": "true",
@@ -92,9 +105,29 @@ def hookd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HookdProce
         "HOOKD_POLL_INTERVAL": "0.2",
         "HOOKD_LOG_LEVEL": "warning",
     }
-    with HookdProcesses(directory, env=env) as procs:
-        server = procs.start("serve", database_url=f"sqlite:///{directory / 'hookd.db'}")
-        yield server, server.api_key()
+    database = None
+    if request.param == "postgres":
+        try:
+            _admin_sql("SELECT 1")
+        except Exception as exc:
+            message = f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        database = f"hookd_browser_{uuid.uuid4().hex[:12]}"
+        _admin_sql(f'CREATE DATABASE "{database}"')
+        url = dsn_for(database)
+        migrated = run_hookd("migrate", database_url=url)
+        assert migrated.returncode == 0, migrated.stderr
+    else:
+        url = f"sqlite:///{directory / 'hookd.db'}"
+    try:
+        with HookdProcesses(directory, env=env) as procs:
+            server = procs.start("serve", database_url=url)
+            yield server, server.api_key()
+    finally:
+        if database is not None:
+            _admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 _AXE = Path(__file__).with_name("vendor") / "axe-core" / "axe.min.js"
@@ -139,7 +172,7 @@ def sign_in(page: Page, hookd: tuple[HookdProcess, str]) -> None:
 
 
 def test_create_a_webhook_and_watch_its_delivery_arrive(
-    page: Page, hookd: tuple[HookdProcess, str], receiver_url: str
+    hookd: tuple[HookdProcess, str], receiver_url: str, page: Page
 ) -> None:
     page.set_default_timeout(10_000)
     sign_in(page, hookd)
@@ -184,7 +217,7 @@ def test_create_a_webhook_and_watch_its_delivery_arrive(
 
 
 def test_a_read_only_portal_link_shows_no_controls_and_works_once(
-    page: Page, hookd: tuple[HookdProcess, str]
+    hookd: tuple[HookdProcess, str], page: Page
 ) -> None:
     page.set_default_timeout(10_000)
     hook = api(
@@ -214,7 +247,7 @@ def test_a_read_only_portal_link_shows_no_controls_and_works_once(
         again.close()
 
 
-def test_the_pages_fit_360_px(page: Page, hookd: tuple[HookdProcess, str]) -> None:
+def test_the_pages_fit_360_px(hookd: tuple[HookdProcess, str], page: Page) -> None:
     page.set_default_timeout(10_000)
     page.set_viewport_size({"width": 360, "height": 740})
     hook = api(
