@@ -74,6 +74,7 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("fanout-sqlite", "fanout.py", ("--db", "sqlite")),
     Bench("fanout-postgres", "fanout.py", ("--db", "postgres")),
     Bench("listing", "listing.py", ("--db", "both")),
+    Bench("dashboard", "dashboard.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
     Bench("helper-thread", "helper_thread.py"),
 )

@@ -87,7 +87,16 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "api_key_missing": (401, "no Authorization header"),
     "api_key_invalid": (401, "a malformed or unknown API key"),
     "api_key_revoked": (401, "a revoked API key"),
+    "session_missing": (
+        401,
+        "a dashboard request without a live session (signed out, expired, key revoked)",
+    ),
+    "csrf_invalid": (403, "a dashboard change without its session's CSRF token"),
+    "read_only_session": (403, "a change asked of a read-only portal session"),
+    "outside_session_scope": (403, "a portal session limited to some webhooks creating another"),
     "resource_missing": (404, "an unknown id, or another organization's"),
+    "portal_link_invalid": (404, "a portal link that is unknown, already used or expired"),
+    "dashboard_disabled": (404, "the dashboard or portal asked for while HOOKD_DASHBOARD=false"),
     "route_not_found": (404, "a path that is no endpoint"),
     "method_not_allowed": (
         405,

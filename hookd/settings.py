@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import urllib.parse
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,8 @@ API_VERSIONS = ("2026-01-01.nova", "2025-12-12.clover")
 WEBHOOKS_SINCE = "2026-01-01.nova"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A CSP host source: scheme://host[:port], the host possibly starting with *.
+_FRAME_SOURCE = re.compile(r"https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 def parse_network(entry: str) -> Network:
@@ -112,6 +115,10 @@ class Settings(BaseSettings):
     worker_timeout: float = Field(10.0, ge=1.0, le=3600)
     db_pool_size: int = Field(10, ge=1, le=1000)
     sqlite_synchronous: Literal["normal", "full"] = "normal"
+    # The dashboard and customer portal (SPEC §9; hookd.dashboard).
+    dashboard: bool = True
+    public_url: str | None = None
+    portal_frame_ancestors: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -172,6 +179,35 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(parse_dns_server(part) for part in _entries(value))
         return tuple(parse_dns_server(str(part)) for part in value)
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        url = value.strip().rstrip("/")
+        if not url:
+            return None
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError(
+                "must be the absolute http(s) URL hookd is reached at, e.g. https://hooks.example.com"
+            )
+        return url
+
+    @field_validator("portal_frame_ancestors", mode="before")
+    @classmethod
+    def _frame_ancestors(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        sources = value.replace(",", " ").split()
+        for source in sources:
+            if source not in ("'self'", "'none'") and not _FRAME_SOURCE.fullmatch(source):
+                raise ValueError(
+                    f"{source!r} is not a CSP source; give space-separated origins such as "
+                    "https://app.example.com or 'self'"
+                )
+        return " ".join(sources)
 
     @property
     def is_sqlite(self) -> bool:

@@ -261,3 +261,16 @@ async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.02) 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value {result!r})")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Playwright drives Debian's chromium (``playwright install`` needs the network);
+    ``scripts/test`` installs it. Missing, the browser tests skip, or fail when ``CI=true``."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        message = "chromium is not installed (apt-get install chromium, or run scripts/test)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return {**browser_type_launch_args, "executable_path": chromium}

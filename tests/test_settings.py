@@ -78,6 +78,16 @@ V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network
 
 VALID: list[tuple[str, str, str, Any]] = [
+    ("HOOKD_DASHBOARD", "false", "dashboard", False),
+    ("HOOKD_DASHBOARD", "true", "dashboard", True),
+    ("HOOKD_PUBLIC_URL", "https://hooks.example.com/", "public_url", "https://hooks.example.com"),
+    ("HOOKD_PUBLIC_URL", "", "public_url", None),
+    (
+        "HOOKD_PORTAL_FRAME_ANCESTORS",
+        "https://app.example.com 'self'",
+        "portal_frame_ancestors",
+        "https://app.example.com 'self'",
+    ),
     ("HOOKD_DATABASE_URL", "sqlite:///data/hookd.db", "database_url", "sqlite:///data/hookd.db"),
     ("HOOKD_DATABASE_URL", "sqlite:////var/lib/h.db", "database_url", "sqlite:////var/lib/h.db"),
     (
@@ -167,6 +177,9 @@ def test_valid_values(
 
 
 INVALID: list[tuple[str, str]] = [
+    ("HOOKD_DASHBOARD", "maybe"),
+    ("HOOKD_PUBLIC_URL", "hooks.example.com"),
+    ("HOOKD_PORTAL_FRAME_ANCESTORS", "https://a.example.com; script-src *"),
     ("HOOKD_DATABASE_URL", "mysql://x"),
     ("HOOKD_DATABASE_URL", "http://example.com/db"),
     ("HOOKD_DATABASE_URL", ""),

@@ -22,7 +22,7 @@ from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hookd import __version__, tracing
-from hookd.api import deliveries, events, webhooks
+from hookd.api import deliveries, events, portal, webhooks
 from hookd.api.auth import RateLimiter
 from hookd.api.feed import Feed
 from hookd.api.render import JSONResponse
@@ -311,12 +311,18 @@ def create_app(
 
     # Publishing is the hottest route: first in line.
     routers = [events.router, webhooks.router, deliveries.router, events.lookup_router]
+    routers.append(portal.router)  # the dashboard's portal links (SPEC §9)
     documented = list(app.routes)
     v2 = V2Routes(
         [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
     )
     app.router.routes.insert(0, v2)
     documented += v2.routes
+    if settings.dashboard:
+        # The dashboard's HTML pages (SPEC §9), not API operations: outside the document.
+        from hookd.dashboard.web import router as dashboard_router
+
+        app.include_router(dashboard_router)
     app.state.methods_by_path = _methods_by_path(routers, app)
 
     def openapi() -> dict[str, Any]:

@@ -11,7 +11,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
-from hookd.store import deliveries, events, instance, operational, queue, tenants, webhooks
+from hookd.store import (
+    deliveries,
+    events,
+    instance,
+    operational,
+    queue,
+    rollups,
+    sessions,
+    tenants,
+    webhooks,
+)
 from hookd.store.events import EventDraft
 from hookd.store.operational import OperationalChange
 from hookd.store.postgres import PostgresDriver
@@ -31,6 +41,8 @@ from hookd.store.records import (
     Peer,
     Webhook,
 )
+from hookd.store.rollups import Rollup
+from hookd.store.sessions import DashboardSession
 from hookd.store.sqlite import SqliteDriver
 
 __all__ = [
@@ -39,6 +51,7 @@ __all__ = [
     "AuthContext",
     "ClaimRequest",
     "ClaimedDelivery",
+    "DashboardSession",
     "Delivery",
     "Driver",
     "Event",
@@ -50,6 +63,7 @@ __all__ = [
     "OperationalChange",
     "Organization",
     "Peer",
+    "Rollup",
     "Settlement",
     "Store",
     "Webhook",
@@ -68,7 +82,7 @@ class Driver(Protocol):
     async def close(self) -> None: ...
     async def read(self, op: Op[T], *, snapshot: bool = False) -> T: ...
     async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T: ...
-    async def work(self, op: Op[T]) -> T: ...
+    async def work(self, op: Op[T], *, transaction: bool = False) -> T: ...
     def notify_work(self) -> None: ...
     async def wait_for_work(self, timeout: float) -> bool: ...
     async def listen_events(self, sink: EventSink) -> None: ...
@@ -292,14 +306,16 @@ class Store:
     # The queue.
 
     async def settle(self, settlement: Settlement) -> list[OperationalChange]:
-        """Record a batch of attempts' outcomes; returns the suspensions and final failures
-        it made, whose operational events it published with it (SPEC §4)."""
+        """Record a batch of attempts' outcomes and the dashboard's rollups of them, in one
+        transaction; returns the suspensions and final failures it made, whose operational
+        events it published with it (SPEC §4)."""
         op = queue.settle(self.dialect, settlement, self.clock())
         if operational.may_publish(settlement.deliveries):
-            # The settle and its operational events in one transaction (crash safety); a
-            # delivery ending failed is rare, so the usual settle keeps its fewer round trips.
+            # With operational events: on the API's connections, committed durably (crash
+            # safety); a delivery ending failed is rare, so the usual settle stays on the
+            # worker's connections.
             return await self.driver.write(op)
-        return await self.driver.work(op)
+        return await self.driver.work(op, transaction=True)
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedDelivery]:
         """Lease due deliveries to a worker."""
@@ -337,6 +353,62 @@ class Store:
 
     def notify_work(self) -> None:
         self.driver.notify_work()
+
+    # The dashboard's rollups (hookd.store.rollups).
+
+    async def rollup_totals(self, webhook_ids: Sequence[str], since: int) -> dict[str, Rollup]:
+        """These webhooks' attempts since ``since``, summed per webhook (the caller has
+        checked that they are the organization's)."""
+        return await self.driver.read(rollups.totals(webhook_ids, since))
+
+    async def rollup_series(self, webhook_id: str, since: int) -> list[Rollup]:
+        """One webhook's hourly rollups since ``since``, oldest first."""
+        return await self.driver.read(rollups.series(webhook_id, since))
+
+    # Dashboard sessions and portal links (hookd.store.sessions).
+
+    async def create_session(
+        self,
+        organization_id: str,
+        key_id: str,
+        webhook_ids: Sequence[str] | None,
+        read_only: bool,
+        expires_at: int,
+    ) -> str:
+        """A new dashboard session (expired ones are forgotten on the way); its cookie value."""
+        now = self.clock()
+
+        def op() -> Op[str]:
+            yield from sessions.purge_sessions(now)
+            token: str = yield from sessions.create_session(
+                organization_id, key_id, webhook_ids, read_only, expires_at, now
+            )
+            return token
+
+        return await self.driver.write(op())
+
+    async def get_session(self, token: str) -> DashboardSession | None:
+        return await self.driver.read(sessions.get_session(token, self.clock()))
+
+    async def end_session(self, session_id: str) -> None:
+        await self.driver.write(sessions.end_session(session_id))
+
+    async def create_portal_link(
+        self,
+        organization_id: str,
+        key_id: str,
+        webhook_ids: Sequence[str] | None,
+        read_only: bool,
+        expires_at: int,
+    ) -> str:
+        return await self.driver.write(
+            sessions.create_portal_link(
+                organization_id, key_id, webhook_ids, read_only, expires_at, self.clock()
+            )
+        )
+
+    async def open_portal_link(self, token: str) -> str | None:
+        return await self.driver.write(sessions.open_portal_link(token, self.clock()))
 
     async def listen_events(self, sink: EventSink) -> None:
         """Tell ``sink`` of the events published from now on (every API process's on

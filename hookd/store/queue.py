@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hookd.store import operational
+from hookd.store import operational, rollups
 from hookd.store.queries import Op, many, rows, run, value
 from hookd.store.records import ClaimedDelivery, Heartbeat, Peer
 
@@ -100,6 +100,11 @@ def settle(
     :mod:`hookd.store.operational`)."""
     if not settlement:
         return []
+    # ---- Dashboard rollups (hookd.store.rollups): the batch's hourly rows, one statement,
+    # before the outcome (which inserts the attempts whose presence marks a batch recorded).
+    # Run in one transaction with it (Store.settle).
+    yield from rollups.record(settlement.attempts)
+    # ---- end of dashboard rollups
     webhooks = sorted(settlement.webhooks, key=lambda r: str(r["id"]))
     # --- operational events (SPEC §4): note the state before the settle --------------------
     seen = None
@@ -314,6 +319,7 @@ def purge(
     events = [r["id"] for r in (yield rows("purge_events_batch", before=before_ms, limit=batch))]
     if events:
         yield run("purge_events", ids=events)
+    yield run("rollup_purge", before=before_ms)  # dashboard rollups past the retention
     yield run("idempotency_purge", before=idempotency_before)
     yield run("rate_purge", before=rate_before)
     return len(old) + len(events)

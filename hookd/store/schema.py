@@ -247,3 +247,55 @@ attempts = Table(
     Column("error", Text, nullable=True),
     Index("ix_attempts_delivery", "delivery_id", "attempt_number"),
 )
+
+# Hourly rollups of each webhook's attempts (migration 0007), written with the attempts by
+# the settle of each batch (hookd.store.rollups): the dashboard's counts, success rates and
+# p95 response times read these, never the attempts table. ``b00``..``b23`` count attempts
+# per response-time bucket (hookd.store.rollups.BUCKETS).
+SKETCH_BUCKETS = 24
+
+webhook_rollups = Table(
+    "webhook_rollups",
+    metadata,
+    Column("webhook_id", Text, primary_key=True),
+    Column("hour", BigInteger, primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("successes", Integer, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("time_sum", BigInteger, nullable=False),
+    *(Column(f"b{i:02d}", Integer, nullable=False) for i in range(SKETCH_BUCKETS)),
+    Index("ix_webhook_rollups_hour", "hour"),
+)
+
+# Dashboard sessions (migration 0007): ``id`` is the SHA-256 of the session cookie's value.
+# ``webhook_ids`` is a JSON array limiting what the session sees, or NULL for every webhook
+# of the organization. A session ends at ``expires_at`` or when its API key is revoked.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("organization_id", Text, ForeignKey("organizations.id"), nullable=False),
+    Column("key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    Column("webhook_ids", Text, nullable=True),
+    Column("read_only", Boolean, nullable=False),
+    Column("csrf_token", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_dashboard_sessions_expires", "expires_at"),
+)
+
+# One-time portal links (migration 0007): ``id`` is the SHA-256 of the link's token. Using
+# the link sets ``used_at`` and opens a session with the link's scope until ``expires_at``.
+portal_links = Table(
+    "portal_links",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("organization_id", Text, ForeignKey("organizations.id"), nullable=False),
+    Column("key_id", Text, ForeignKey("api_keys.id"), nullable=False),
+    Column("webhook_ids", Text, nullable=True),
+    Column("read_only", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger, nullable=True),
+    Index("ix_portal_links_expires", "expires_at"),
+)

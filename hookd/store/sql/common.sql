@@ -262,3 +262,104 @@ ORDER BY e.created_at LIMIT :limit;
 -- name: recover_lock
 -- SQLite's one writer already makes recoveries take turns.
 SELECT 1;
+
+-- ---- Dashboard rollups (hookd.store.rollups) --------------------------------------
+
+-- name: rollup_add
+-- Hourly rollups of a settle batch's attempts (hookd.store.rollups), written in the settle's
+-- transaction, before the outcome, one row per webhook and hour folded in Python. Nothing is
+-- added when the batch's first attempt is already recorded: a batch written twice (its first
+-- answer was lost) counts once. Rows come sorted by (webhook_id, hour): the lock order.
+INSERT INTO webhook_rollups (webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
+SELECT :webhook_id, :hour, :attempts, :successes, :failures, :time_sum,
+       :b00, :b01, :b02, :b03, :b04, :b05, :b06, :b07, :b08, :b09, :b10, :b11, :b12, :b13, :b14, :b15, :b16, :b17, :b18, :b19, :b20, :b21, :b22, :b23
+WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE id = :first_attempt)
+ON CONFLICT (webhook_id, hour) DO UPDATE SET
+    attempts = webhook_rollups.attempts + excluded.attempts,
+    successes = webhook_rollups.successes + excluded.successes,
+    failures = webhook_rollups.failures + excluded.failures,
+    time_sum = webhook_rollups.time_sum + excluded.time_sum,
+    b00 = webhook_rollups.b00 + excluded.b00,
+    b01 = webhook_rollups.b01 + excluded.b01,
+    b02 = webhook_rollups.b02 + excluded.b02,
+    b03 = webhook_rollups.b03 + excluded.b03,
+    b04 = webhook_rollups.b04 + excluded.b04,
+    b05 = webhook_rollups.b05 + excluded.b05,
+    b06 = webhook_rollups.b06 + excluded.b06,
+    b07 = webhook_rollups.b07 + excluded.b07,
+    b08 = webhook_rollups.b08 + excluded.b08,
+    b09 = webhook_rollups.b09 + excluded.b09,
+    b10 = webhook_rollups.b10 + excluded.b10,
+    b11 = webhook_rollups.b11 + excluded.b11,
+    b12 = webhook_rollups.b12 + excluded.b12,
+    b13 = webhook_rollups.b13 + excluded.b13,
+    b14 = webhook_rollups.b14 + excluded.b14,
+    b15 = webhook_rollups.b15 + excluded.b15,
+    b16 = webhook_rollups.b16 + excluded.b16,
+    b17 = webhook_rollups.b17 + excluded.b17,
+    b18 = webhook_rollups.b18 + excluded.b18,
+    b19 = webhook_rollups.b19 + excluded.b19,
+    b20 = webhook_rollups.b20 + excluded.b20,
+    b21 = webhook_rollups.b21 + excluded.b21,
+    b22 = webhook_rollups.b22 + excluded.b22,
+    b23 = webhook_rollups.b23 + excluded.b23;
+
+-- name: rollup_totals
+-- The rollups of some webhooks (a page of the dashboard's list) since :since, summed per
+-- webhook: 24 rows of each for a day, read in key order (no sort for the GROUP BY).
+SELECT webhook_id, sum(attempts) AS attempts, sum(successes) AS successes,
+       sum(failures) AS failures, sum(time_sum) AS time_sum,
+       sum(b00) AS b00, sum(b01) AS b01, sum(b02) AS b02, sum(b03) AS b03, sum(b04) AS b04,
+       sum(b05) AS b05, sum(b06) AS b06, sum(b07) AS b07, sum(b08) AS b08, sum(b09) AS b09,
+       sum(b10) AS b10, sum(b11) AS b11, sum(b12) AS b12, sum(b13) AS b13, sum(b14) AS b14,
+       sum(b15) AS b15, sum(b16) AS b16, sum(b17) AS b17, sum(b18) AS b18, sum(b19) AS b19,
+       sum(b20) AS b20, sum(b21) AS b21, sum(b22) AS b22, sum(b23) AS b23
+FROM webhook_rollups
+WHERE webhook_id IN (SELECT value FROM json_each(:ids)) AND hour >= :since
+GROUP BY webhook_id;
+
+-- name: rollup_series
+-- One webhook's hourly rollups since :since, oldest first.
+SELECT * FROM webhook_rollups WHERE webhook_id = :webhook_id AND hour >= :since ORDER BY hour;
+
+-- name: rollup_purge
+DELETE FROM webhook_rollups WHERE hour < :before;
+
+-- ---- Dashboard sessions and portal links (hookd.store.sessions) ------------------------
+
+-- name: session_insert
+INSERT INTO dashboard_sessions (id, organization_id, key_id, webhook_ids, read_only, csrf_token,
+                                created_at, expires_at)
+VALUES (:id, :organization_id, :key_id, :webhook_ids, :read_only, :csrf_token, :now, :expires_at);
+
+-- name: session_get
+-- A live session: not expired, and its API key not revoked.
+SELECT s.id, s.organization_id, s.key_id, s.webhook_ids, s.read_only, s.csrf_token,
+       s.expires_at, o.name AS organization_name
+FROM dashboard_sessions s
+JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL
+JOIN organizations o ON o.id = s.organization_id
+WHERE s.id = :id AND s.expires_at > :now;
+
+-- name: session_delete
+DELETE FROM dashboard_sessions WHERE id = :id;
+
+-- name: portal_link_insert
+INSERT INTO portal_links (id, organization_id, key_id, webhook_ids, read_only, created_at,
+                          expires_at, used_at)
+VALUES (:id, :organization_id, :key_id, :webhook_ids, :read_only, :now, :expires_at, NULL);
+
+-- name: portal_link_use
+-- Marks a live, unused link used; it changes one row only for the first request.
+UPDATE portal_links SET used_at = :now
+WHERE id = :id AND used_at IS NULL AND expires_at > :now;
+
+-- name: portal_link_get
+SELECT organization_id, key_id, webhook_ids, read_only, expires_at FROM portal_links
+WHERE id = :id;
+
+-- name: sessions_purge
+DELETE FROM dashboard_sessions WHERE expires_at < :now;
+
+-- name: portal_links_purge
+DELETE FROM portal_links WHERE expires_at < :now;

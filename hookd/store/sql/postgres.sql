@@ -280,3 +280,62 @@ SELECT * FROM events WHERE id = ANY(:ids::text[]);
 -- generic plan, which cannot know, may walk the primary key through other organizations'
 -- events instead of reading the organization's own index.
 SET LOCAL plan_cache_mode = force_custom_plan;
+
+-- ---- Dashboard rollups (hookd.store.rollups) --------------------------------------
+
+-- name: rollup_add
+-- batch: columns
+-- The rollups of a settle batch in one statement (see common.sql).
+INSERT INTO webhook_rollups (webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
+SELECT u.webhook_id, u.hour, u.attempts, u.successes, u.failures, u.time_sum,
+       u.b00, u.b01, u.b02, u.b03, u.b04, u.b05, u.b06, u.b07, u.b08, u.b09, u.b10, u.b11, u.b12, u.b13, u.b14, u.b15, u.b16, u.b17, u.b18, u.b19, u.b20, u.b21, u.b22, u.b23
+FROM unnest(:webhook_id::text[], :hour::bigint[], :attempts::int[], :successes::int[],
+            :failures::int[], :time_sum::bigint[],
+            :b00::int[], :b01::int[], :b02::int[], :b03::int[], :b04::int[], :b05::int[],
+            :b06::int[], :b07::int[], :b08::int[], :b09::int[], :b10::int[], :b11::int[],
+            :b12::int[], :b13::int[], :b14::int[], :b15::int[], :b16::int[], :b17::int[],
+            :b18::int[], :b19::int[], :b20::int[], :b21::int[], :b22::int[], :b23::int[])
+     AS u(webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
+WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE id = (:first_attempt::text[])[1])
+ORDER BY u.webhook_id, u.hour
+ON CONFLICT (webhook_id, hour) DO UPDATE SET
+    attempts = webhook_rollups.attempts + excluded.attempts,
+    successes = webhook_rollups.successes + excluded.successes,
+    failures = webhook_rollups.failures + excluded.failures,
+    time_sum = webhook_rollups.time_sum + excluded.time_sum,
+    b00 = webhook_rollups.b00 + excluded.b00,
+    b01 = webhook_rollups.b01 + excluded.b01,
+    b02 = webhook_rollups.b02 + excluded.b02,
+    b03 = webhook_rollups.b03 + excluded.b03,
+    b04 = webhook_rollups.b04 + excluded.b04,
+    b05 = webhook_rollups.b05 + excluded.b05,
+    b06 = webhook_rollups.b06 + excluded.b06,
+    b07 = webhook_rollups.b07 + excluded.b07,
+    b08 = webhook_rollups.b08 + excluded.b08,
+    b09 = webhook_rollups.b09 + excluded.b09,
+    b10 = webhook_rollups.b10 + excluded.b10,
+    b11 = webhook_rollups.b11 + excluded.b11,
+    b12 = webhook_rollups.b12 + excluded.b12,
+    b13 = webhook_rollups.b13 + excluded.b13,
+    b14 = webhook_rollups.b14 + excluded.b14,
+    b15 = webhook_rollups.b15 + excluded.b15,
+    b16 = webhook_rollups.b16 + excluded.b16,
+    b17 = webhook_rollups.b17 + excluded.b17,
+    b18 = webhook_rollups.b18 + excluded.b18,
+    b19 = webhook_rollups.b19 + excluded.b19,
+    b20 = webhook_rollups.b20 + excluded.b20,
+    b21 = webhook_rollups.b21 + excluded.b21,
+    b22 = webhook_rollups.b22 + excluded.b22,
+    b23 = webhook_rollups.b23 + excluded.b23;
+
+-- name: rollup_totals
+SELECT webhook_id, sum(attempts) AS attempts, sum(successes) AS successes,
+       sum(failures) AS failures, sum(time_sum) AS time_sum,
+       sum(b00) AS b00, sum(b01) AS b01, sum(b02) AS b02, sum(b03) AS b03, sum(b04) AS b04,
+       sum(b05) AS b05, sum(b06) AS b06, sum(b07) AS b07, sum(b08) AS b08, sum(b09) AS b09,
+       sum(b10) AS b10, sum(b11) AS b11, sum(b12) AS b12, sum(b13) AS b13, sum(b14) AS b14,
+       sum(b15) AS b15, sum(b16) AS b16, sum(b17) AS b17, sum(b18) AS b18, sum(b19) AS b19,
+       sum(b20) AS b20, sum(b21) AS b21, sum(b22) AS b22, sum(b23) AS b23
+FROM webhook_rollups
+WHERE webhook_id = ANY(:ids::text[]) AND hour >= :since
+GROUP BY webhook_id;
