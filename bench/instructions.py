@@ -232,12 +232,13 @@ async def _delivery_child(database: str, key: str, receiver: str, events: int) -
     drained = asyncio.Event()
     settle = store.settle
 
-    async def counting_settle(settlement: Any) -> None:
+    async def counting_settle(settlement: Any) -> Any:
         nonlocal settled
-        await settle(settlement)
+        result = await settle(settlement)
         settled += sum(1 for d in settlement.deliveries if d["status"] == "succeeded")
         if settled >= wanted:
             drained.set()
+        return result
 
     store.settle = counting_settle  # type: ignore[method-assign]
     statuses: list[int] = []

@@ -86,6 +86,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "api_key_missing": (401, "no Authorization header"),
     "api_key_invalid": (401, "a malformed or unknown API key"),
     "api_key_revoked": (401, "a revoked API key"),
+    "metrics_token_missing": (
+        401,
+        "/metrics without Authorization while HOOKD_METRICS_TOKEN is set",
+    ),
+    "metrics_token_invalid": (401, "/metrics with a token that is not HOOKD_METRICS_TOKEN"),
     "resource_missing": (404, "an unknown id, or another organization's"),
     "route_not_found": (404, "a path that is no endpoint"),
     "method_not_allowed": (

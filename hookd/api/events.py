@@ -38,7 +38,7 @@ from hookd.api.validation import (
 from hookd.clock import iso_ms
 from hookd.errors import ApiError
 from hookd.ids import is_event_id
-from hookd.metrics import EVENTS
+from hookd.metrics import METRICS
 from hookd.store import EventDraft, Store
 from hookd.store.events import FIRST_EVENT_PAGE
 from hookd.topics import TOPIC_SET, is_conversation_topic
@@ -132,7 +132,7 @@ async def publish(
         principal.organization.id, _draft(body), idempotency_key
     )
     if created:
-        EVENTS.inc()
+        METRICS.event_published(topic)
     response = JSONResponse(
         {"object": "event", "id": event_id, "topic": topic, "createdAt": iso_ms(created_at)},
         status_code=202,

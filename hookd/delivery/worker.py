@@ -45,7 +45,7 @@ from hookd.delivery.outcomes import build_settlement
 from hookd.delivery.sender import AttemptResult, Sender
 from hookd.errors import DatabaseUnavailable
 from hookd.logs import get_logger
-from hookd.metrics import ATTEMPT_SECONDS, ATTEMPTS, IN_FLIGHT
+from hookd.metrics import METRICS
 from hookd.store import ClaimedDelivery, ClaimRequest, Peer, Settlement, Store
 
 __all__ = ["Worker", "WorkerConfig", "fair_share", "new_worker_id", "ran_here_and_died"]
@@ -54,8 +54,6 @@ log = get_logger("hookd.delivery")
 _stdlog = logging.getLogger("hookd.delivery")
 
 _PURGE_BATCH = 1000
-_SUCCEEDED = ATTEMPTS.labels("succeeded")
-_FAILED = ATTEMPTS.labels("failed")
 _DAY_MS = 86_400_000
 
 
@@ -255,7 +253,8 @@ class Worker:
             )
         while self._unsettled:
             try:
-                await self.store.settle(self._unsettled[0])
+                settled = await self.store.settle(self._unsettled[0])
+                METRICS.settled(settled.failed, settled.suspended)
             except DatabaseUnavailable:
                 raise
             except Exception:
@@ -299,7 +298,6 @@ class Worker:
             backoff = 0.1
             for item in claimed:
                 self._in_flight[item.id] = (item, asyncio.create_task(self._attempt(item)))
-            IN_FLIGHT.set(len(self._in_flight))
             if claimed and len(claimed) == room:
                 continue  # more may be waiting
             if self._done:
@@ -344,8 +342,12 @@ class Worker:
             self._in_flight.pop(claimed.id, None)
         self._done.append((claimed, result))
         self._wake.set()
-        (_SUCCEEDED if result.succeeded else _FAILED).inc()
-        ATTEMPT_SECONDS.observe(result.response_time_ms / 1000)
+        METRICS.attempt(
+            result.outcome,
+            result.response_time_ms / 1000,
+            claimed.organization_id,
+            claimed.webhook_id,
+        )
         if result.succeeded and not _stdlog.isEnabledFor(logging.DEBUG):
             return
         fields = {

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
-from hookd.store import deliveries, events, instance, queue, tenants, webhooks
+from hookd.metrics import QueueSnapshot
+from hookd.store import deliveries, events, gauges, instance, queue, tenants, webhooks
 from hookd.store.events import EventDraft
 from hookd.store.postgres import PostgresDriver
 from hookd.store.queries import EventSink, Op
@@ -289,9 +290,9 @@ class Store:
 
     # The queue.
 
-    async def settle(self, settlement: Settlement) -> None:
-        """Record a batch of attempts' outcomes."""
-        await self.driver.work(queue.settle(self.dialect, settlement))
+    async def settle(self, settlement: Settlement) -> queue.Settled:
+        """Record a batch of attempts' outcomes; what that failed and suspended."""
+        return await self.driver.work(queue.settle(self.dialect, settlement))
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedDelivery]:
         """Lease due deliveries to a worker."""
@@ -326,6 +327,10 @@ class Store:
         return await self.driver.write(
             queue.purge(before_ms, before_id, batch, idempotency_before, rate_before)
         )
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        """The database-read gauges of ``/metrics`` (see :mod:`hookd.store.gauges`)."""
+        return await self.driver.read(gauges.queue_snapshot(self.clock()), snapshot=True)
 
     def notify_work(self) -> None:
         self.driver.notify_work()

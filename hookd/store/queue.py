@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hookd.store.queries import Op, many, rows, run, value
+from hookd.store.queries import Op, many, one, rows, run, value
 from hookd.store.records import ClaimedDelivery, Heartbeat, Peer
 
 __all__ = [
     "ClaimRequest",
+    "Settled",
     "Settlement",
     "allot",
     "beat",
@@ -87,26 +88,47 @@ class Settlement:
         return bool(self.attempts)
 
 
-def settle(dialect: str, settlement: Settlement) -> Op[None]:
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What writing a batch of outcomes changed (for the metrics): how many deliveries ended
+    ``failed`` and how many webhooks became ``suspended``."""
+
+    failed: int = 0
+    suspended: int = 0
+
+
+def settle(dialect: str, settlement: Settlement) -> Op[Settled]:
     """Write a batch of outcomes. Lock order, everywhere: webhook rows (in id order) before
     delivery rows; the API's writes (delete, which cancels deliveries) take them in the
     same order, so there is no deadlock. Writing a batch twice changes nothing twice."""
     if not settlement:
-        return
+        return Settled()
     webhooks = sorted(settlement.webhooks, key=lambda r: str(r["id"]))
     if dialect == "postgresql":
         # One statement, atomic by itself, with each table's rows as arrays.
-        yield run(
+        counts = yield one(
             "settle",
             suspend_after=webhooks[0]["suspend_after"],
             **_columns("w_", webhooks, exclude=("suspend_after",)),
             **_columns("d_", settlement.deliveries),
             **_columns("a_", settlement.attempts),
         )
-        return
+        return Settled(int(counts["failed"]), int(counts["suspended"]))
+    # SQLite's one writer makes the reads around the writes part of them. A batch that all
+    # succeeded can neither fail a delivery nor suspend a webhook: no reads for it.
+    failing = [d["id"] for d in settlement.deliveries if d["status"] == "failed"]
+    exposed = [w["id"] for w in webhooks if w["failures_after"] or not w["delivery_succeeded"]]
+    pending = (yield rows("settle_pending_among", ids=failing)) if failing else []
+    active = (yield rows("settle_active_among", ids=exposed)) if exposed else []
     yield many("outcome_webhook", webhooks)
     yield many("outcome_delivery", settlement.deliveries)
     yield many("outcome_attempt", settlement.attempts)
+    failed = suspended = 0
+    if pending:
+        failed = yield value("settle_failed_among", ids=[r["id"] for r in pending])
+    if active:
+        suspended = yield value("settle_suspended_among", ids=[r["id"] for r in active])
+    return Settled(int(failed or 0), int(suspended or 0))
 
 
 def _columns(

@@ -173,7 +173,7 @@ FROM unnest(:id::text[], :webhook_id::text[], :event_id::text[], :topic::text[],
 -- The health fold is explained in hookd.delivery.outcomes; every expression reads the
 -- row as it was, so concurrent workers each apply on top of the other.
 WITH locked AS (
-    SELECT id FROM webhooks WHERE id = ANY(:w_id::text[]) ORDER BY id FOR NO KEY UPDATE
+    SELECT id, status FROM webhooks WHERE id = ANY(:w_id::text[]) ORDER BY id FOR NO KEY UPDATE
 ), w AS (
     SELECT * FROM unnest(:w_id::text[], :w_last_at::bigint[], :w_last_code::int[],
                          :w_last_message::text[], :w_last_response_time::bigint[],
@@ -202,7 +202,7 @@ WITH locked AS (
            -- other worker has claimed it since: the outcome still stands
            OR (d.lease_token IS NULL AND d.attempt_count = u.attempt_count - 1))
       AND EXISTS (SELECT 1 FROM locked)  -- webhook rows first: the order every writer keeps
-    RETURNING d.id, d.webhook_id
+    RETURNING d.id, d.webhook_id, d.status
 ), health AS (
     UPDATE webhooks h
     SET last_status_code = CASE WHEN coalesce(h.last_status_at, 0) <= w.last_at THEN w.last_code ELSE h.last_status_code END,
@@ -226,7 +226,7 @@ WITH locked AS (
     WHERE h.id = locked.id AND w.id = locked.id
       -- written once: a batch written again (its first answer was lost) settles nothing
       AND EXISTS (SELECT 1 FROM settled s WHERE s.webhook_id = h.id)
-    RETURNING h.id
+    RETURNING h.id, h.status = 'suspended' AND locked.status = 'active' AS suspended
 ), tried AS (
     INSERT INTO attempts (id, delivery_id, webhook_id, attempt_number, attempted_at, succeeded,
                           status_code, response_time_ms, response_body, error)
@@ -237,7 +237,10 @@ WITH locked AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
-SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT count(*) FROM tried);
+-- What the batch changed, for the metrics: deliveries it failed, webhooks it suspended.
+SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT count(*) FROM tried) AS written,
+       (SELECT count(*) FROM settled WHERE status = 'failed') AS failed,
+       (SELECT count(*) FROM health WHERE suspended) AS suspended;
 
 -- name: publish
 -- An event, its idempotency key (when given and not held by a live earlier request) and

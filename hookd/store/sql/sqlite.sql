@@ -115,3 +115,19 @@ VALUES (:id, :delivery_id, :webhook_id, :attempt_number, :attempted_at, :succeed
 
 -- name: events_by_ids
 SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: settle_pending_among
+-- Of a batch's deliveries about to end failed, those still pending (hookd.store.queue.settle
+-- counts those that the batch really failed, for hookd_deliveries_failed_total).
+SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending';
+
+-- name: settle_failed_among
+SELECT count(*) FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'failed';
+
+-- name: settle_active_among
+-- Of a batch's webhooks that may be suspended by it, those active before it (for
+-- hookd_webhook_suspensions_total).
+SELECT id FROM webhooks WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'active';
+
+-- name: settle_suspended_among
+SELECT count(*) FROM webhooks WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'suspended';
