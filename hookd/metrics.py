@@ -39,12 +39,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hookd.errors import ApiError
+from hookd.settings import DEFAULT_API_VERSION
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
     "CONTENT_TYPE",
     "DELIVERY_STATES",
     "GAUGE_TTL",
+    "GAUGE_WAIT",
     "METRICS",
     "METRIC_NAMES",
     "UNMATCHED_ROUTE",
@@ -81,6 +83,8 @@ WEBHOOK_STATUSES = ("active", "paused", "suspended")
 UNMATCHED_ROUTE = "unmatched"
 #: Seconds a set of database-read gauges is served before it is read again.
 GAUGE_TTL = 5.0
+#: Seconds a scrape waits for the gauges to be read before it answers with the last ones.
+GAUGE_WAIT = 0.03
 
 #: Every metric family hookd serves (the names of SPEC §8; histograms add ``_bucket``,
 #: ``_sum`` and ``_count`` series, counters ``_total``).
@@ -261,17 +265,22 @@ class QueueSnapshot:
 class QueueGauges(Collector):
     """The database-read gauges, read by ``read`` (one query set) at most once per ``ttl``
     seconds: scrapes in between get the last values, and scrapes that arrive while a read
-    is under way wait for that read rather than start another."""
+    is under way share that read rather than start another. A scrape waits at most
+    ``wait`` seconds for a read (except the first ever, which has nothing else to show):
+    with a queue so long that counting it takes longer, it answers with the previous
+    values and the next scrape gets the new ones."""
 
     def __init__(
         self,
         read: Callable[[], Awaitable[QueueSnapshot]],
         ttl: float = GAUGE_TTL,
         clock: Callable[[], float] = time.monotonic,
+        wait: float = GAUGE_WAIT,
     ) -> None:
         self.read = read
         self.ttl = ttl
         self.clock = clock
+        self.wait = wait
         self.reads = 0  # query sets run so far (the cache's proof, for tests and benchmarks)
         self._snapshot: QueueSnapshot | None = None
         self._read_at = float("-inf")
@@ -280,13 +289,21 @@ class QueueGauges(Collector):
         self._registry.register(self)
 
     async def refresh(self) -> QueueSnapshot:
-        """The current snapshot, read anew if the last is older than ``ttl``."""
+        """The snapshot to serve now, read anew if the last is older than ``ttl``."""
         if self._snapshot is not None and self.clock() - self._read_at < self.ttl:
             return self._snapshot
-        if self._reading is None:
-            self._reading = asyncio.ensure_future(self._read())
-        # Shielded: a scrape that gives up does not cancel the read the others wait on.
-        return await asyncio.shield(self._reading)
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = asyncio.ensure_future(self._read())
+            # A read nobody waits for to the end must not leave its error unretrieved.
+            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        if self._snapshot is None:
+            return await asyncio.shield(reading)
+        try:
+            # Shielded: a scrape that stops waiting does not cancel the read.
+            return await asyncio.wait_for(asyncio.shield(reading), self.wait)
+        except TimeoutError:
+            return self._snapshot
 
     async def _read(self) -> QueueSnapshot:
         try:
@@ -329,12 +346,16 @@ class QueueGauges(Collector):
         return generate_latest(self._registry)
 
 
+# As on the API's port (SPEC §2): every answer says which API version it speaks.
+_VERSION_HEADER = {"Featurebase-Version": DEFAULT_API_VERSION}
+
+
 def _error(error: ApiError) -> web.Response:
     return web.Response(
         body=orjson.dumps(error.body()),
         status=error.status,
         content_type="application/json",
-        headers=error.headers,
+        headers={**_VERSION_HEADER, **error.headers},
     )
 
 
@@ -381,7 +402,9 @@ class MetricsServer:
         refused = check_token(self.token, request.headers.get("Authorization"))
         if refused is not None:
             return _error(refused)
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE, **_VERSION_HEADER}
+        )
 
     async def start(self) -> None:
         app = web.Application()

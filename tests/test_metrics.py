@@ -24,6 +24,7 @@ from hookd.metrics import (
     METRIC_NAMES,
     WEBHOOK_STATUSES,
     QueueGauges,
+    QueueSnapshot,
 )
 from hookd.server import build_worker
 from hookd.settings import Settings
@@ -245,7 +246,10 @@ async def test_api_and_two_workers_count_each_attempt_once(
         worker_urls = [f"http://127.0.0.1:{port}/metrics" for port in worker_ports]
 
         async def settled() -> list[Samples] | None:
-            scrapes = [await scrape(url, token) for url in worker_urls]
+            try:
+                scrapes = [await scrape(url, token) for url in worker_urls]
+            except httpx.ConnectError:
+                return None  # a worker still starting (ready means: running for a while)
             attempts = sum(total(s, "hookd_delivery_attempts_total") for s in scrapes)
             failed = sum(value(s, "hookd_deliveries_failed_total") for s in scrapes)
             return scrapes if attempts == 30 and failed == 10 else None
@@ -288,6 +292,8 @@ async def test_api_and_two_workers_count_each_attempt_once(
             wrong = await get(url, "Bearer nope")
             basic = await get(url, f"Basic {token}")
             assert missing.status_code == 401, (url, missing.text)
+            assert missing.headers["Featurebase-Version"] == "2026-01-01.nova"
+            assert missing.headers["WWW-Authenticate"].startswith("Bearer")
             assert missing.json()["error"]["code"] == "metrics_token_missing"
             assert missing.json()["error"]["type"] == "authentication_error"
             for refused in (wrong, basic):
@@ -334,6 +340,7 @@ async def test_gauges_by_state_lag_and_the_five_second_cache(
     gauges: QueueGauges = api.client._transport.app.state.gauges  # type: ignore[attr-defined]
     now = [1000.0]
     gauges.clock = lambda: now[0]
+    gauges.wait = 30.0  # every scrape here waits for its read (a loaded machine is slow)
     active = await api.create_webhook(url=receiver.url("/a"))
     paused = await api.create_webhook(url=receiver.url("/b"))
     for _ in range(4):
@@ -413,6 +420,38 @@ async def test_gauges_by_state_lag_and_the_five_second_cache(
     assert value(samples, "hookd_delivery_lag_seconds") == 0
     assert value(samples, "hookd_deliveries", state="held") == 4
     assert value(samples, "hookd_deliveries", state="scheduled") == 1
+
+
+async def test_a_scrape_does_not_wait_long_for_a_slow_count() -> None:
+    """Counting a huge queue may take longer than a scrape should: after the first read, a
+    scrape waits at most ``wait`` seconds and answers with the last values meanwhile."""
+    now = [0.0]
+    reads: list[asyncio.Event] = []
+
+    async def read() -> QueueSnapshot:
+        done = asyncio.Event()
+        reads.append(done)
+        await done.wait()
+        return QueueSnapshot({"due": len(reads)}, 0.0, {})
+
+    gauges = QueueGauges(read, clock=lambda: now[0], wait=0.05)
+    first = asyncio.ensure_future(gauges.refresh())
+    await asyncio.sleep(0.1)
+    assert not first.done(), "the first scrape waits: there is nothing else to show"
+    reads[0].set()
+    assert (await first).deliveries["due"] == 1
+    now[0] = 5.0
+    started = time.monotonic()
+    stale = await gauges.refresh()
+    assert time.monotonic() - started < 1.0
+    assert stale.deliveries["due"] == 1, "the last values, while the count goes on"
+    assert len(reads) == 2
+    again = await gauges.refresh()
+    assert again.deliveries["due"] == 1 and len(reads) == 2, "one read at a time"
+    reads[1].set()
+    await asyncio.sleep(0.01)
+    assert (await gauges.refresh()).deliveries["due"] == 2
+    assert len(reads) == 2 and gauges.reads == 2
 
 
 async def test_metrics_off_removes_the_endpoint_in_every_process(
