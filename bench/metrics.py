@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, help=f"queued deliveries (default {DEFAULT_ROWS:,})")
     parser.add_argument("--scrapes", type=int, help=f"cold scrapes (default {DEFAULT_SCRAPES})")
     parser.add_argument("--no-drain", action="store_true", help="only the scrape measurement")
+    parser.add_argument("--no-scrape", action="store_true", help="only the drains")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     dbs = {"sqlite": ["sqlite"], "postgres": ["postgres"], "both": ["sqlite", "postgres"]}[
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                         },
                     )
                 )
-        for db in dbs:
+        for db in [] if args.no_scrape else dbs:
             scraped = scrape_run(db, rows, cold, tmp, args)
             print(
                 f"{db}: {scraped['deliveries']:,} deliveries (filled in {scraped['fill_s']} s); "

@@ -142,7 +142,8 @@ class Metrics:
         )
         self.deliveries_failed = Counter(
             "hookd_deliveries_failed",
-            "Deliveries that ended failed (their last scheduled attempt failed) in this process.",
+            "Deliveries that ended failed (their last scheduled attempt failed) in this "
+            "process; test deliveries aside.",
             registry=registry,
         )
         self.suspensions = Counter(

@@ -193,6 +193,20 @@ async def test_serve_counts_each_attempt_outcome_failures_and_suspensions(
             assert value(samples, "hookd_deliveries", state=state) == 0, state
         assert value(samples, "hookd_delivery_lag_seconds") == 0
 
+        # A test delivery that fails is an attempt, not a failed delivery.
+        tested = await call(server, "POST", f"/v2/webhooks/{ids['http_5xx']}/test", key)
+        assert tested.status_code == 202, tested.text
+
+        async def test_attempted() -> Samples | None:
+            found = await scrape(metrics_url)
+            done = value(found, "hookd_delivery_attempts_total", outcome="http_5xx") == 3
+            return found if done else None
+
+        samples = await eventually(test_attempted, timeout=10, interval=0.1)
+        await asyncio.sleep(0.5)  # its outcome written too
+        samples = await scrape(metrics_url)
+        assert value(samples, "hookd_deliveries_failed_total") == 16, "test deliveries aside"
+
         # HTTP requests by route template; no id is ever a label value.
         assert (await call(server, "GET", f"/v2/webhooks/{ids['success']}", key)).status_code == 200
         assert (await call(server, "GET", f"/no/such/{ids['success']}", key)).status_code == 404

@@ -202,7 +202,7 @@ WITH locked AS (
            -- other worker has claimed it since: the outcome still stands
            OR (d.lease_token IS NULL AND d.attempt_count = u.attempt_count - 1))
       AND EXISTS (SELECT 1 FROM locked)  -- webhook rows first: the order every writer keeps
-    RETURNING d.id, d.webhook_id, d.status
+    RETURNING d.id, d.webhook_id, d.status, d.is_test
 ), health AS (
     UPDATE webhooks h
     SET last_status_code = CASE WHEN coalesce(h.last_status_at, 0) <= w.last_at THEN w.last_code ELSE h.last_status_code END,
@@ -237,9 +237,10 @@ WITH locked AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
--- What the batch changed, for the metrics: deliveries it failed, webhooks it suspended.
+-- What the batch changed, for the metrics: deliveries it failed (test deliveries aside),
+-- webhooks it suspended.
 SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT count(*) FROM tried) AS written,
-       (SELECT count(*) FROM settled WHERE status = 'failed') AS failed,
+       (SELECT count(*) FROM settled WHERE status = 'failed' AND NOT is_test) AS failed,
        (SELECT count(*) FROM health WHERE suspended) AS suspended;
 
 -- name: publish

@@ -117,9 +117,11 @@ VALUES (:id, :delivery_id, :webhook_id, :attempt_number, :attempted_at, :succeed
 SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: settle_pending_among
--- Of a batch's deliveries about to end failed, those still pending (hookd.store.queue.settle
--- counts those that the batch really failed, for hookd_deliveries_failed_total).
-SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending';
+-- Of a batch's deliveries about to end failed, those still pending, test deliveries aside
+-- (hookd.store.queue.settle counts those that the batch really failed, for
+-- hookd_deliveries_failed_total).
+SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending'
+  AND NOT is_test;
 
 -- name: settle_failed_among
 SELECT count(*) FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'failed';
