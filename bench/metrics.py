@@ -186,6 +186,8 @@ def scrape_times(url: str, cold: int, warm: int = 20) -> dict[str, Any]:
         time.sleep(GAUGE_TTL + 0.1)
         ms, body = _get(url)
         cold_ms.append(ms)
+        # Once the count this scrape started is over (within the cache, not waiting on it).
+        time.sleep(1.0)
         for _ in range(warm // max(1, cold)):
             warm_ms.append(_get(url)[0])
     gauges = [

@@ -84,7 +84,7 @@ UNMATCHED_ROUTE = "unmatched"
 #: Seconds a set of database-read gauges is served before it is read again.
 GAUGE_TTL = 5.0
 #: Seconds a scrape waits for the gauges to be read before it answers with the last ones.
-GAUGE_WAIT = 0.03
+GAUGE_WAIT = 0.02
 
 #: Every metric family hookd serves (the names of SPEC §8; histograms add ``_bucket``,
 #: ``_sum`` and ``_count`` series, counters ``_total``).
