@@ -247,8 +247,10 @@ def drain_pairs(
                 prepare(dep, receiver, WEBHOOKS, 20 if args.smoke else 100, settle=False)
                 with ExitStack() as stack:
                     scraper = None
-                    if mode == "on":
-                        scraper = stack.enter_context(_Scraper(dep.base + "/metrics"))
+                    if mode == "on" and args.scrape_every > 0:
+                        scraper = stack.enter_context(
+                            _Scraper(dep.base + "/metrics", args.scrape_every)
+                        )
                     res = measure_drain(
                         dep, receiver, events, expected, timeout=60 + expected / 200
                     )
@@ -291,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, help=f"cold scrapes (default {DEFAULT_SCRAPES})")
     parser.add_argument("--no-drain", action="store_true", help="only the scrape measurement")
     parser.add_argument("--no-scrape", action="store_true", help="only the drains")
+    parser.add_argument(
+        "--scrape-every",
+        type=float,
+        default=1.0,
+        help="seconds between scrapes during a drain with metrics (0: none; default 1)",
+    )
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     dbs = {"sqlite": ["sqlite"], "postgres": ["postgres"], "both": ["sqlite", "postgres"]}[
