@@ -214,6 +214,7 @@ async def _delivery_child(database: str, key: str, receiver: str, events: int) -
     receiver by the worker before the next burst; the count covers both."""
     import hookd
     from hookd.api import create_app
+    from hookd.metrics import METRICS
     from hookd.server import _tune_gc, build_worker, open_driver_for
     from hookd.settings import Settings
     from hookd.store import Store
@@ -224,6 +225,8 @@ async def _delivery_child(database: str, key: str, receiver: str, events: int) -
         allow_http=True,
         allowed_networks=("127.0.0.0/8",),
     )
+    # As hookd serve does: HOOKD_METRICS=false in the environment counts without metrics.
+    METRICS.configure(enabled=settings.metrics, webhook_labels=settings.metrics_webhook_labels)
     store = Store(open_driver_for(settings))
     await store.start()
     app = create_app(settings, store)

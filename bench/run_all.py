@@ -77,6 +77,7 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("dashboard", "dashboard.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
     Bench("helper-thread", "helper_thread.py"),
+    Bench("metrics", "metrics.py", full_timeout=2400.0),
 )
 
 

@@ -94,6 +94,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "csrf_invalid": (403, "a dashboard change without its session's CSRF token"),
     "read_only_session": (403, "a change asked of a read-only portal session"),
     "outside_session_scope": (403, "a portal session limited to some webhooks creating another"),
+    "metrics_token_missing": (
+        401,
+        "/metrics without Authorization while HOOKD_METRICS_TOKEN is set",
+    ),
+    "metrics_token_invalid": (401, "/metrics with a token that is not HOOKD_METRICS_TOKEN"),
     "resource_missing": (404, "an unknown id, or another organization's"),
     "portal_link_invalid": (404, "a portal link that is unknown, already used or expired"),
     "dashboard_disabled": (404, "the dashboard or portal asked for while HOOKD_DASHBOARD=false"),

@@ -24,6 +24,7 @@ from hookd.delivery.worker import Worker, WorkerConfig
 from hookd.errors import HookdError, SettingsError
 from hookd.limits import LimitedHttpToolsProtocol
 from hookd.logs import configure_logging, get_logger, masked_settings
+from hookd.metrics import METRICS, MetricsServer
 from hookd.settings import DEFAULT_API_VERSION, Settings, database_location, database_problem
 from hookd.store import Driver, Store, open_driver
 from hookd.store.migrate import upgrade_async
@@ -160,6 +161,7 @@ def run_server(
 ) -> None:
     """Apply migrations, then run the API (with uvicorn) and/or the delivery worker."""
     configure_logging(settings.log_level, settings.log_format)
+    METRICS.configure(enabled=settings.metrics, webhook_labels=settings.metrics_webhook_labels)
     if dev:
         _announce_dev(settings)
     _migrate(settings)
@@ -232,17 +234,40 @@ async def _worker_only(settings: Settings) -> None:
     store = Store(open_driver_for(settings))
     await store.start()
     engine = build_worker(settings, store)
+    exporter = None
+    if settings.metrics and settings.metrics_port:
+        exporter = MetricsServer(
+            METRICS, settings.host, settings.metrics_port, settings.metrics_token
+        )
+        try:
+            await exporter.start()
+        except OSError as exc:
+            # Delivering matters more than being watched: run on, without /metrics.
+            log.error(
+                "cannot serve metrics; the worker runs without /metrics (set "
+                "HOOKD_METRICS_PORT to a free port, or 0)",
+                address=f"{settings.host}:{settings.metrics_port}",
+                error=exc.strerror or str(exc),
+            )
+            exporter = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
-    log.info("worker started", worker=engine.worker_id, database=database_location(settings))
+    log.info(
+        "worker started",
+        worker=engine.worker_id,
+        database=database_location(settings),
+        metrics=f"http://{settings.host}:{settings.metrics_port}/metrics" if exporter else "off",
+    )
     await stop.wait()
     log.info("worker stopping")
     try:
         await engine.stop()
     except Exception:
         log.exception("the worker did not stop cleanly")
+    if exporter is not None:
+        await exporter.close()
     await store.close()
     tracing.shutdown()

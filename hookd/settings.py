@@ -37,6 +37,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A CSP host source: scheme://host[:port], the host possibly starting with *.
 _FRAME_SOURCE = re.compile(r"https?://(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
+_SECRET_FIELDS = ("database_url", "metrics_token")
+_BEARER_TOKEN = re.compile(r"(?=.{1,256}\Z)[A-Za-z0-9._~+/-]+=*")
+
 
 def parse_network(entry: str) -> Network:
     """One ``HOOKD_ALLOWED_NETWORKS`` entry: a CIDR network, or a bare address (``/32``,
@@ -108,6 +111,11 @@ class Settings(BaseSettings):
     rate_limit: int = Field(2000, ge=0, le=100_000_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    # Prometheus metrics (SPEC §8; hookd/metrics.py).
+    metrics: bool = True
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    metrics_token: str = ""
+    metrics_webhook_labels: bool = False
     # Operational knobs beyond SPEC §7, documented in the README's settings table.
     worker_concurrency: int = Field(256, ge=1, le=100_000)
     poll_interval: float = Field(1.0, gt=0, le=3600)
@@ -143,6 +151,17 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must be a host name or address, e.g. 127.0.0.1 or 0.0.0.0")
         return value.strip()
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: str) -> str:
+        # What a bearer token may hold (RFC 6750's b64token), so that it fits the header.
+        if value and not _BEARER_TOKEN.fullmatch(value):
+            raise ValueError(
+                "must be 1-256 characters of A-Z a-z 0-9 - . _ ~ + / (then = padding), "
+                "e.g. the output of: openssl rand -hex 32"
+            )
+        return value
 
     @field_validator("log_level", "log_format", "sqlite_synchronous", mode="before")
     @classmethod
@@ -253,10 +272,10 @@ def load_settings(**overrides: Any) -> Settings:
         field = str(err["loc"][0]) if err["loc"] else "?"
         message = str(err["msg"]).removeprefix("Value error, ")
         raw = err.get("input")
-        # A database URL may hold a password: never repeat it.
+        # A database URL may hold a password, and a token is a secret: never repeat them.
         shown = (
             f" (got {raw!r})"
-            if isinstance(raw, str | int | float) and field != "database_url"
+            if isinstance(raw, str | int | float) and field not in _SECRET_FIELDS
             else ""
         )
         raise SettingsError(f"HOOKD_{field.upper()}: {message}{shown}") from None

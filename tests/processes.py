@@ -367,6 +367,9 @@ class HookdProcesses:
         serves_http = command in ("serve", "api")
         attempts = 3 if serves_http and port is None and wait else 1
         merged = hookd_env({**self.env, **(env or {})}, database_url=database_url)
+        if command == "worker":
+            # Workers of parallel tests would all want HOOKD_METRICS_PORT's default, 9090.
+            merged.setdefault("HOOKD_METRICS_PORT", "0")
         process = HookdProcess(
             command,
             directory=self.directory,

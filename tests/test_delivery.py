@@ -638,15 +638,17 @@ async def test_metrics_count_events_and_attempts(delivering: Api, receiver: Rece
                 return float(line.split()[-1])
         return 0.0
 
-    events_before = await sample("hookd_events_published_total")
-    ok_before = await sample("hookd_delivery_attempts_total", '{outcome="succeeded"}')
+    events_before = await sample("hookd_events_published_total", '{topic="post.created"}')
+    ok_before = await sample("hookd_delivery_attempts_total", '{outcome="success"}')
     await webhook(api, receiver)
     await api.publish()
     await api.publish()
     await receiver.wait_for(2)
     await eventually(lambda: settled(api, (receiver.requests[0].json())["webhookId"], 2))
-    assert await sample("hookd_events_published_total") == events_before + 2
-    assert await sample("hookd_delivery_attempts_total", '{outcome="succeeded"}') == ok_before + 2
+    assert (
+        await sample("hookd_events_published_total", '{topic="post.created"}') == events_before + 2
+    )
+    assert await sample("hookd_delivery_attempts_total", '{outcome="success"}') == ok_before + 2
     metrics = await api.client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
 

@@ -158,6 +158,19 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("HOOKD_MAX_IN_FLIGHT_PER_ORG", "5000", "max_in_flight_per_org", 5000),
     ("HOOKD_WORKER_TIMEOUT", "2.5", "worker_timeout", 2.5),
     ("HOOKD_WORKER_TIMEOUT", "60", "worker_timeout", 60.0),
+    ("HOOKD_METRICS", "false", "metrics", False),
+    ("HOOKD_METRICS", "true", "metrics", True),
+    ("HOOKD_METRICS_PORT", "0", "metrics_port", 0),
+    ("HOOKD_METRICS_PORT", "9100", "metrics_port", 9100),
+    ("HOOKD_METRICS_TOKEN", "", "metrics_token", ""),
+    (
+        "HOOKD_METRICS_TOKEN",
+        "a1B2-c3.d4_e5~f6+g7/h8==",
+        "metrics_token",
+        "a1B2-c3.d4_e5~f6+g7/h8==",
+    ),
+    ("HOOKD_METRICS_WEBHOOK_LABELS", "true", "metrics_webhook_labels", True),
+    ("HOOKD_METRICS_WEBHOOK_LABELS", "0", "metrics_webhook_labels", False),
     ("HOOKD_DB_POOL_SIZE", "3", "db_pool_size", 3),
     ("HOOKD_SQLITE_SYNCHRONOUS", "full", "sqlite_synchronous", "full"),
     ("HOOKD_SQLITE_SYNCHRONOUS", "NORMAL", "sqlite_synchronous", "normal"),
@@ -241,6 +254,14 @@ INVALID: list[tuple[str, str]] = [
     ("HOOKD_LEASE_MARGIN", "-1"),
     ("HOOKD_DB_POOL_SIZE", "0"),
     ("HOOKD_SQLITE_SYNCHRONOUS", "off"),
+    ("HOOKD_METRICS", "maybe"),
+    ("HOOKD_METRICS_PORT", "-1"),
+    ("HOOKD_METRICS_PORT", "65536"),
+    ("HOOKD_METRICS_PORT", "http"),
+    ("HOOKD_METRICS_TOKEN", "has space"),
+    ("HOOKD_METRICS_TOKEN", "x" * 257),
+    ("HOOKD_METRICS_TOKEN", "line\nbreak"),
+    ("HOOKD_METRICS_WEBHOOK_LABELS", "sometimes"),
 ]
 
 
@@ -326,6 +347,19 @@ def test_variable_names_are_case_insensitive_and_unknown_ones_ignored(
     clean_env.setenv("hookd_port", "9100")
     clean_env.setenv("HOOKD_NOT_A_SETTING", "whatever")
     assert load_settings().port == 9100
+
+
+def test_an_invalid_metrics_token_is_not_echoed(clean_env: pytest.MonkeyPatch) -> None:
+    message = settings_error(clean_env, HOOKD_METRICS_TOKEN="s3cret with space")
+    assert "HOOKD_METRICS_TOKEN" in message and "s3cret" not in message, message
+
+
+def test_metrics_defaults() -> None:
+    settings = load_settings()
+    assert settings.metrics is True
+    assert settings.metrics_port == 9090  # SPEC §7: hookd worker's metrics port
+    assert settings.metrics_token == ""
+    assert settings.metrics_webhook_labels is False
 
 
 def test_settings_are_frozen() -> None:

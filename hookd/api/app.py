@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import cache
@@ -14,7 +15,6 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, Response
@@ -31,6 +31,7 @@ from hookd.api.schemas import StatusOut
 from hookd.api.spec import build_openapi, operation
 from hookd.api.validation import MAX_BODY_BYTES
 from hookd.errors import ApiError, DatabaseUnavailable
+from hookd.metrics import CONTENT_TYPE, METRICS, UNMATCHED_ROUTE, Metrics, QueueGauges, check_token
 from hookd.settings import DEFAULT_API_VERSION, Settings
 from hookd.store import Store
 
@@ -81,6 +82,43 @@ class ConventionsMiddleware:
             return message
 
         await self.app(scope, limited_receive, send_with_headers)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every request by method, route template (``scope["route"]``, set
+    by the router; never the raw path, so ids do not become label values) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers when the app raises before it responds
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            method = scope["method"]
+            self.metrics.http_request(
+                method if method in _METHODS else "other",
+                getattr(route, "path", UNMATCHED_ROUTE),
+                status,
+                time.perf_counter() - started,
+            )
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -247,6 +285,8 @@ def create_app(
     # The event streams' feed; a server closes it as it begins to shut down (hookd.server).
     feed = app.state.feed = Feed(store)
     app.add_middleware(ConventionsMiddleware)
+    if settings.metrics:
+        app.add_middleware(HttpMetricsMiddleware, metrics=METRICS)
     if tracing.enabled():
         app.add_middleware(tracing.TracingMiddleware)  # outermost: spans the whole request
     app.add_exception_handler(ApiError, _api_error)
@@ -281,19 +321,31 @@ def create_app(
         await store.check_ready()
         return JSONResponse({"status": "ready"})
 
-    @app.get(
-        "/metrics",
-        tags=["Operations"],
-        **operation(
-            "getMetrics",
-            "Prometheus metrics",
-            ok=(200, None, "The metrics in Prometheus' text format"),
-            media_type="text/plain",
-            secured=False,
-        ),
-    )
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics:
+        gauges = app.state.gauges = QueueGauges(store.queue_snapshot)
+
+        @app.get(
+            "/metrics",
+            tags=["Operations"],
+            **operation(
+                "getMetrics",
+                "Prometheus metrics",
+                ok=(200, None, "The metrics in Prometheus' text format (SPEC §8)"),
+                media_type="text/plain",
+                secured=False,
+                security=[{"metricsToken": []}],
+                errors=(401, 503),
+                description="This process's counters and histograms, and the gauges read "
+                "from the database (at most once per 5 s). With HOOKD_METRICS_TOKEN set, "
+                "it needs `Authorization: Bearer <token>`.",
+            ),
+        )
+        async def metrics(request: Request) -> Response:
+            refused = check_token(settings.metrics_token, request.headers.get("authorization"))
+            if refused is not None:
+                raise refused
+            body = METRICS.render() + await gauges.render()
+            return Response(body, headers={"Content-Type": CONTENT_TYPE})
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:
@@ -333,6 +385,8 @@ def create_app(
                 version=app.version,
                 summary=app.summary or "",
                 allow_http=settings.allow_http,
+                # Without a token /metrics takes no credential (security: [], no 401).
+                disabled_schemes=() if settings.metrics_token else ("metricsToken",),
             )
         return app.openapi_schema
 

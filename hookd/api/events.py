@@ -40,7 +40,7 @@ from hookd.api.validation import (
 from hookd.clock import iso_ms
 from hookd.errors import ApiError
 from hookd.ids import is_event_id
-from hookd.metrics import EVENTS
+from hookd.metrics import METRICS
 from hookd.store import EventDraft, Store
 from hookd.store.events import FIRST_EVENT_PAGE
 from hookd.topics import TOPIC_SET, is_conversation_topic
@@ -141,7 +141,7 @@ async def publish(
         if span is not None:
             span.set_attribute("hookd.event", event_id)
     if created:
-        EVENTS.inc()
+        METRICS.event_published(topic)
     response = JSONResponse(
         {"object": "event", "id": event_id, "topic": topic, "createdAt": iso_ms(created_at)},
         status_code=202,

@@ -136,7 +136,12 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "type": "http",
         "scheme": "bearer",
         "description": "An API key of the organization, sk_... (hookd keys create).",
-    }
+    },
+    "metricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's HOOKD_METRICS_TOKEN (only when it is set).",
+    },
 }
 
 # A signature header of the delivery request (SPEC §5), for the top-level ``webhooks``.
@@ -434,8 +439,12 @@ def build_openapi(
     version: str,
     summary: str,
     allow_http: bool,
+    disabled_schemes: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``routes`` on a server configured with ``allow_http``."""
+    """The OpenAPI 3.1 document of ``routes`` on a server configured with ``allow_http``.
+    ``disabled_schemes`` are security schemes this server does not ask for (a credential
+    that is not configured): operations secured only by them take none, and answer no 401."""
+    disabled = set(disabled_schemes)
     document = get_openapi(
         title=title, version=version, summary=summary, routes=routes, openapi_version="3.1.0"
     )
@@ -469,7 +478,10 @@ def build_openapi(
             if op.ok_model is not None:
                 responses.add(op.ok_model)
             built["responses"] = _responses(op, method, path)
-            if op.security is not None:
+            if op.security is not None and all(name in disabled for r in op.security for name in r):
+                built["security"] = []
+                built["responses"].pop("401", None)
+            elif op.security is not None:
                 built["security"] = list(op.security)
             else:
                 built["security"] = [{"bearer": []}] if op.secured else []

@@ -55,11 +55,28 @@ class AttemptResult:
     error: str | None  # set when there was no response
     # The Retry-After header of a 429 or 503 answer, as sent (seconds or an HTTP date).
     retry_after: str | None = None
+    # Why no response arrived: "timeout", "dns", "connect", "tls" or "refused" (the guard).
+    failure: str | None = None
 
     @property
     def code(self) -> int:
         """lastStatus.code: the HTTP status, or 0 when there was no response."""
         return self.status_code or 0
+
+    @property
+    def outcome(self) -> str:
+        """The ``outcome`` label of ``hookd_delivery_attempts_total`` (SPEC §8). A status
+        that is neither 2xx, 3xx nor 4xx (1xx, 5xx, or a non-standard 6xx) is ``http_5xx``."""
+        status = self.status_code
+        if status is None:
+            return self.failure or "connect"
+        if 200 <= status < 300:
+            return "success"
+        if 300 <= status < 400:
+            return "http_3xx"
+        if 400 <= status < 500:
+            return "http_4xx"
+        return "http_5xx"
 
 
 # Webhooks are few and their URLs and timeouts rarely change: parse and build each once.
@@ -117,6 +134,21 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """The ``outcome`` of an attempt that got no response (see :attr:`AttemptResult.outcome`)."""
+    if refusal_from(exc) is not None:
+        return "refused"
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | LookupFailed):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    return "connect"
 
 
 def _failure_message(exc: BaseException, timeout_ms: int) -> str:
@@ -225,16 +257,29 @@ class Sender:
                 reason = response.reason
                 retry_after = response.headers.get("Retry-After") if status in _THROTTLED else None
         except TimeoutError:
+            failure = "timeout"
             if budget.resolving is not None:
                 message = f"DNS lookup of {budget.resolving} timed out after {timeout_ms} ms"
+                failure = "dns"
             else:
                 message = f"Timed out after {timeout_ms} ms"
             message = clean_text(message)
-            return AttemptResult(attempted_at, False, None, message, timeout_ms, None, message)
+            return AttemptResult(
+                attempted_at, False, None, message, timeout_ms, None, message, failure=failure
+            )
         except Exception as exc:
             elapsed = round((time.perf_counter() - started) * 1000)
             message = clean_text(_failure_message(exc, timeout_ms))
-            return AttemptResult(attempted_at, False, None, message, elapsed, None, message)
+            return AttemptResult(
+                attempted_at,
+                False,
+                None,
+                message,
+                elapsed,
+                None,
+                message,
+                failure=_failure_kind(exc),
+            )
         finally:
             attempt_budget.reset(context)
         elapsed = round((time.perf_counter() - started) * 1000)

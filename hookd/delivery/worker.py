@@ -46,7 +46,7 @@ from hookd.delivery.outcomes import build_settlement
 from hookd.delivery.sender import AttemptResult, Sender
 from hookd.errors import DatabaseUnavailable
 from hookd.logs import get_logger
-from hookd.metrics import ATTEMPT_SECONDS, ATTEMPTS, IN_FLIGHT
+from hookd.metrics import METRICS
 from hookd.store import ClaimedDelivery, ClaimRequest, Peer, Settlement, Store
 from hookd.store.operational import log_changes
 
@@ -56,8 +56,6 @@ log = get_logger("hookd.delivery")
 _stdlog = logging.getLogger("hookd.delivery")
 
 _PURGE_BATCH = 1000
-_SUCCEEDED = ATTEMPTS.labels("succeeded")
-_FAILED = ATTEMPTS.labels("failed")
 _DAY_MS = 86_400_000
 
 
@@ -257,7 +255,12 @@ class Worker:
             )
         while self._unsettled:
             try:
-                log_changes(await self.store.settle(self._unsettled[0]))
+                changes = await self.store.settle(self._unsettled[0])
+                METRICS.settled(
+                    sum(c.topic == "delivery.failed" for c in changes),
+                    sum(c.topic == "webhook.suspended" for c in changes),
+                )
+                log_changes(changes)
             except DatabaseUnavailable:
                 raise
             except Exception:
@@ -301,7 +304,6 @@ class Worker:
             backoff = 0.1
             for item in claimed:
                 self._in_flight[item.id] = (item, asyncio.create_task(self._attempt(item)))
-            IN_FLIGHT.set(len(self._in_flight))
             if claimed and len(claimed) == room:
                 continue  # more may be waiting
             if self._done:
@@ -348,8 +350,12 @@ class Worker:
             self._in_flight.pop(claimed.id, None)
         self._done.append((claimed, result))
         self._wake.set()
-        (_SUCCEEDED if result.succeeded else _FAILED).inc()
-        ATTEMPT_SECONDS.observe(result.response_time_ms / 1000)
+        METRICS.attempt(
+            result.outcome,
+            result.response_time_ms / 1000,
+            claimed.organization_id,
+            claimed.webhook_id,
+        )
         if result.succeeded and not _stdlog.isEnabledFor(logging.DEBUG):
             return
         fields = {

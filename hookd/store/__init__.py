@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from hookd.clock import Clock, system_clock
+from hookd.metrics import QueueSnapshot
 from hookd.store import (
     deliveries,
     events,
+    gauges,
     instance,
     operational,
     queue,
@@ -81,6 +83,7 @@ class Driver(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def read(self, op: Op[T], *, snapshot: bool = False) -> T: ...
+    async def read_apart(self, op: Op[T]) -> T: ...
     async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T: ...
     async def work(self, op: Op[T], *, transaction: bool = False) -> T: ...
     def notify_work(self) -> None: ...
@@ -350,6 +353,10 @@ class Store:
         return await self.driver.write(
             queue.purge(before_ms, before_id, batch, idempotency_before, rate_before)
         )
+
+    async def queue_snapshot(self) -> QueueSnapshot:
+        """The database-read gauges of ``/metrics`` (see :mod:`hookd.store.gauges`)."""
+        return await self.driver.read_apart(gauges.queue_snapshot(self.clock()))
 
     def notify_work(self) -> None:
         self.driver.notify_work()

@@ -238,6 +238,11 @@ class PostgresDriver:
         all its statements see one state."""
         return await self._run(op, transaction=snapshot, readonly=True)
 
+    async def read_apart(self, op: Op[T]) -> T:
+        """A read-only operation that walks much of a table (see the SQLite driver's): on
+        PostgreSQL the server does the walking, so it is a snapshot read like any other."""
+        return await self.read(op, snapshot=True)
+
     async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T:
         """Run an operation in one transaction; returns after it is committed.
 

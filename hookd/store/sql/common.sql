@@ -363,3 +363,31 @@ DELETE FROM dashboard_sessions WHERE expires_at < :now;
 
 -- name: portal_links_purge
 DELETE FROM portal_links WHERE expires_at < :now;
+-- name: metrics_queue
+-- The waiting deliveries of each webhook that has any, for the hookd_deliveries and
+-- hookd_delivery_lag_seconds gauges (hookd.store.gauges): how many, how many are due at
+-- :now, and the earliest due time. One walk of ix_deliveries_queue (its columns are all
+-- it reads), grouped by webhook; only the webhooks with work are joined.
+SELECT q.webhook_id, w.status, q.waiting, q.due, q.earliest
+FROM (SELECT webhook_id, count(*) AS waiting,
+             sum(CASE WHEN next_attempt_at <= :now THEN 1 ELSE 0 END) AS due,
+             min(next_attempt_at) AS earliest
+      FROM deliveries WHERE status = 'pending' AND lease_until IS NULL
+      GROUP BY webhook_id) q
+JOIN webhooks w ON w.id = q.webhook_id;
+
+-- name: metrics_queue_tests
+-- The same for waiting test deliveries (ix_deliveries_tests): a paused or suspended
+-- webhook still sends those, so they are due or scheduled, never held.
+SELECT webhook_id, count(*) AS waiting,
+       sum(CASE WHEN next_attempt_at <= :now THEN 1 ELSE 0 END) AS due,
+       min(next_attempt_at) AS earliest
+FROM deliveries WHERE is_test AND status = 'pending' AND lease_until IS NULL
+GROUP BY webhook_id;
+
+-- name: metrics_in_flight
+-- Deliveries leased to a worker (ix_deliveries_leased).
+SELECT count(*) FROM deliveries WHERE lease_until IS NOT NULL;
+
+-- name: metrics_webhooks
+SELECT status, count(*) AS n FROM webhooks WHERE deleted_at IS NULL GROUP BY status;

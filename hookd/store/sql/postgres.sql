@@ -339,3 +339,28 @@ SELECT webhook_id, sum(attempts) AS attempts, sum(successes) AS successes,
 FROM webhook_rollups
 WHERE webhook_id = ANY(:ids::text[]) AND hour >= :since
 GROUP BY webhook_id;
+-- name: metrics_queue
+-- The waiting deliveries of each webhook that has any (see common.sql), in proportion to
+-- the queue rather than the table: the webhooks with work are found one at a time along
+-- ix_deliveries_queue (a loose index scan, as in queue_heads), and each one's waiting
+-- deliveries are counted by an index-only scan of its range of that index. A plain GROUP
+-- BY let the planner scan the whole table once the index had churned.
+WITH RECURSIVE hooks(webhook_id) AS (
+    SELECT (SELECT d.webhook_id FROM deliveries d
+            WHERE d.status = 'pending' AND d.lease_until IS NULL
+            ORDER BY d.webhook_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.webhook_id FROM deliveries d
+            WHERE d.status = 'pending' AND d.lease_until IS NULL AND d.webhook_id > hooks.webhook_id
+            ORDER BY d.webhook_id LIMIT 1)
+    FROM hooks WHERE hooks.webhook_id IS NOT NULL
+)
+SELECT h.webhook_id, w.status, q.waiting, q.due, q.earliest
+FROM hooks h
+JOIN webhooks w ON w.id = h.webhook_id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS waiting, count(*) FILTER (WHERE d.next_attempt_at <= :now) AS due,
+           min(d.next_attempt_at) AS earliest
+    FROM deliveries d
+    WHERE d.webhook_id = h.webhook_id AND d.status = 'pending' AND d.lease_until IS NULL
+) q;

@@ -116,3 +116,14 @@ VALUES (:id, :delivery_id, :webhook_id, :attempt_number, :attempted_at, :succeed
 
 -- name: events_by_ids
 SELECT * FROM events WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: metrics_queue_tests
+-- Waiting test deliveries per webhook, for the hookd_deliveries gauge (see common.sql),
+-- through their own index: SQLite, without statistics, would walk ix_deliveries_urgent and
+-- every waiting retry with it.
+SELECT webhook_id, count(*) AS waiting,
+       sum(CASE WHEN next_attempt_at <= :now THEN 1 ELSE 0 END) AS due,
+       min(next_attempt_at) AS earliest
+FROM deliveries INDEXED BY ix_deliveries_tests
+WHERE is_test AND status = 'pending' AND lease_until IS NULL
+GROUP BY webhook_id;
