@@ -293,11 +293,7 @@ class QueueGauges(Collector):
         """The snapshot to serve now, read anew if the last is older than ``ttl``."""
         if self._snapshot is not None and self.clock() - self._read_at < self.ttl:
             return self._snapshot
-        reading = self._reading
-        if reading is None:
-            reading = self._reading = asyncio.ensure_future(self._read())
-            # A read nobody waits for to the end must not leave its error unretrieved.
-            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        reading = self._start_read()
         if self._snapshot is None:
             return await asyncio.shield(reading)
         try:
@@ -305,6 +301,20 @@ class QueueGauges(Collector):
             return await asyncio.wait_for(asyncio.shield(reading), self.wait)
         except TimeoutError:
             return self._snapshot
+
+    def prime(self) -> None:
+        """Start the first read now (at start-up, in the background), so that the first
+        scrape finds it done or under way instead of waiting for a whole count."""
+        if self._snapshot is None:
+            self._start_read()
+
+    def _start_read(self) -> asyncio.Future[QueueSnapshot]:
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = asyncio.ensure_future(self._read())
+            # A read nobody waits for to the end must not leave its error unretrieved.
+            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return reading
 
     async def _read(self) -> QueueSnapshot:
         try:

@@ -258,6 +258,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if on_startup is not None:
             await on_startup(app)
+        gauges: QueueGauges | None = getattr(app.state, "gauges", None)
+        if gauges is not None:
+            gauges.prime()
         try:
             yield
         finally:
