@@ -708,9 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             panels, scrapes.times, seconds=sc.seconds, burst=run.burst, caption=caption
         )
         # --smoke and --no-save (run_all.py --no-save) leave docs/metrics.svg as it is.
-        out: Path = args.out or (
-            tmp / "metrics.svg" if args.smoke or args.no_save else DEFAULT_OUT
-        )
+        out: Path = args.out or (tmp / "metrics.svg" if args.smoke or args.no_save else DEFAULT_OUT)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(svg, encoding="utf-8")
         failures += check(panels, out, scrapes, args.smoke)
