@@ -55,7 +55,7 @@ if __package__ in (None, ""):
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import Result, add_run_arguments, print_table
+from bench.common import Result, add_run_arguments, print_table, stop_process
 from bench.harness import Deployment, hookd_commit, publisher_result, run_publisher, write_summary
 from bench.publisher import event_body
 from bench.receiver import Receiver, receiver_kind
@@ -623,6 +623,10 @@ def run_scenario(sc: Scenario, tmp: Path, smoke: bool) -> RunResult:
                     continue
                 scrapes.add(at, text)
             dep.check_alive()
+        except BaseException:
+            if burst_proc is not None and burst_proc.poll() is None:
+                stop_process(burst_proc)  # the publisher this run started, by its pid
+            raise
         finally:
             stop.set()
             thread.join(timeout=15)
