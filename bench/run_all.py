@@ -78,6 +78,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("instructions", "instructions.py", full_timeout=2400.0),
     Bench("helper-thread", "helper_thread.py"),
     Bench("metrics", "metrics.py", full_timeout=2400.0),
+    # Regenerates docs/metrics.svg in a full run (not with --no-save); checked either way.
+    Bench("metrics-plot", "metrics_plot.py", full_timeout=300.0),
 )
 
 
