@@ -86,6 +86,34 @@ async def test_a_tenants_black_holed_dns_does_not_delay_another_tenants_deliveri
         dns.close()
 
 
+async def test_a_name_that_failed_to_resolve_is_not_retried_before_its_failure_expires(
+    api: Api, receiver: Receiver
+) -> None:
+    """A retry before the resolver forgets the failure (30 s) would fail the same way without
+    asking: the next attempt waits for it, however short the schedule (no attempt added)."""
+    dns = await DnsServer.start({"healthy.test": ["127.0.0.1"]})
+    try:
+        nowhere = await api.create_webhook(url=f"http://nowhere.test:{receiver.port}/nowhere")
+        failing = await api.create_webhook(url=f"http://healthy.test:{receiver.port}/fail")
+        receiver.behave("/fail", status=500)
+
+        async def first_failures() -> list[dict[str, Any]] | None:
+            found = [(await deliveries(api, hook["id"]))[0] for hook in (nowhere, failing)]
+            return found if all(d["attemptCount"] == 1 for d in found) else None
+
+        async with worker_for(api, dns_servers=dns.address, retry_schedule="1,1,1"):
+            await api.publish()
+            dns_failed, http_failed = await eventually(first_failures, timeout=10)
+        assert dns_failed["status"] == "pending"
+        assert dns_failed["lastStatus"]["message"] == "no such host nowhere.test"
+        waited = parse_iso(dns_failed["nextAttemptAt"]) - parse_iso(dns_failed["lastAttemptAt"])
+        assert 29_000 <= waited <= 31_000, dns_failed
+        waited = parse_iso(http_failed["nextAttemptAt"]) - parse_iso(http_failed["lastAttemptAt"])
+        assert waited <= 2_000, ("a 500 keeps its schedule", http_failed)
+    finally:
+        dns.close()
+
+
 # 7. Attempts end at timeoutMs, DNS, connect and TLS included.
 
 

@@ -121,6 +121,21 @@ async def test_no_such_host_is_said_and_remembered_for_30_seconds(
     assert dns.questions["nowhere.test"] > asked, "after 30 s the name is asked again"
 
 
+async def test_a_failure_says_how_long_it_stays_cached(
+    dns: DnsServer, resolver: tuple[Resolver, FakeClock]
+) -> None:
+    """The sender defers the next attempt to a failed name by this much (``Retry-After``)."""
+    r, clock = resolver
+    with pytest.raises(LookupFailed) as fresh:
+        await r.lookup("nowhere.test", 443)
+    assert fresh.value.retry_in == NEGATIVE_TTL
+    clock.now += 12.5
+    with pytest.raises(LookupFailed) as cached:
+        await r.lookup("nowhere.test", 443)
+    assert cached.value.retry_in == pytest.approx(NEGATIVE_TTL - 12.5)
+    assert LookupFailed(0, "made elsewhere").retry_in is None
+
+
 async def test_a_lookup_ends_at_its_attempts_deadline_and_the_timeout_is_cached(
     dns: DnsServer, resolver: tuple[Resolver, FakeClock]
 ) -> None:

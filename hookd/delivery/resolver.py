@@ -68,10 +68,13 @@ _TRIES = 3
 
 
 class LookupFailed(socket.gaierror):
-    """A name did not resolve; ``strerror`` says why, as ``lastStatus.message`` shows it."""
+    """A name did not resolve; ``strerror`` says why, as ``lastStatus.message`` shows it.
+    ``retry_in``: seconds until the cached failure expires (an attempt before then fails the
+    same way without asking), when it is cached."""
 
-    def __init__(self, errno: int, message: str) -> None:
+    def __init__(self, errno: int, message: str, retry_in: float | None = None) -> None:
         super().__init__(errno, message)
+        self.retry_in = retry_in
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -151,7 +154,7 @@ class Resolver:
         failed = self._failures.get(name)
         if failed is not None:
             if failed[0] > now:
-                raise LookupFailed(failed[1], failed[2])
+                raise LookupFailed(failed[1], failed[2], failed[0] - now)
             del self._failures[name]
         budget = attempt_budget.get()
         loop = asyncio.get_running_loop()
@@ -189,6 +192,7 @@ class Resolver:
         except LookupFailed as exc:
             entry = (self.clock() + NEGATIVE_TTL, exc.errno or socket.EAI_FAIL, str(exc))
             self._remember(self._failures, name, entry)
+            exc.retry_in = NEGATIVE_TTL
             raise
         finally:
             channel.flights.discard(name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http
+import math
 import re
 import ssl
 import time
@@ -53,7 +54,8 @@ class AttemptResult:
     response_time_ms: int
     response_body: bytes | None
     error: str | None  # set when there was no response
-    # The Retry-After header of a 429 or 503 answer, as sent (seconds or an HTTP date).
+    # The Retry-After header of a 429 or 503 answer, as sent (seconds or an HTTP date); for
+    # a failed DNS lookup, the seconds until the resolver forgets the failure.
     retry_after: str | None = None
     # Why no response arrived: "timeout", "dns", "connect", "tls" or "refused" (the guard).
     failure: str | None = None
@@ -149,6 +151,17 @@ def _failure_kind(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return "tls"
     return "connect"
+
+
+def _dns_retry_after(exc: BaseException) -> str | None:
+    """For a name whose failure the resolver has cached, the seconds until that expires, as a
+    ``Retry-After`` value: the next attempt waits at least that long, since one before would
+    fail the same way without asking (a black-holed name's deliveries then cost one attempt
+    per cached failure, not one per retry of a short schedule)."""
+    lookup = exc.os_error if isinstance(exc, aiohttp.ClientConnectorDNSError) else exc
+    if isinstance(lookup, LookupFailed) and lookup.retry_in is not None:
+        return str(max(1, math.ceil(lookup.retry_in)))
+    return None
 
 
 def _failure_message(exc: BaseException, timeout_ms: int) -> str:
@@ -278,6 +291,7 @@ class Sender:
                 elapsed,
                 None,
                 message,
+                _dns_retry_after(exc),
                 failure=_failure_kind(exc),
             )
         finally:
