@@ -310,8 +310,8 @@ class Store:
 
     async def settle(self, settlement: Settlement) -> list[OperationalChange]:
         """Record a batch of attempts' outcomes and the dashboard's rollups of them, atomically
-        (PostgreSQL: one statement; SQLite: one transaction); returns the suspensions and final failures it made, whose operational
-        events it published with it (SPEC §4)."""
+        (PostgreSQL: one statement; SQLite: one transaction); returns the suspensions and
+        final failures it made, whose operational events it published with it (SPEC §4)."""
         op = queue.settle(self.dialect, settlement, self.clock())
         if operational.may_publish(settlement.deliveries):
             # With operational events: on the API's connections, committed durably (crash

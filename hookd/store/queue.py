@@ -91,10 +91,11 @@ class Settlement:
 def settle(
     dialect: str, settlement: Settlement, now: int = 0
 ) -> Op[list[operational.OperationalChange]]:
-    """Write a batch of outcomes. Lock order, everywhere: webhook rows (in id order) before
-    delivery rows; the API's writes (delete, which cancels deliveries) take them in the
-    same order, so there is no deadlock. Writing a batch twice changes nothing twice. The
-    dashboard's rollups of the attempts are written with them (:mod:`hookd.store.rollups`).
+    """Write a batch of outcomes and the dashboard's rollups of its attempts
+    (:mod:`hookd.store.rollups`). Lock order, everywhere: webhook rows (in id order) before
+    delivery rows and rollup rows (in (webhook_id, hour) order); the API's writes (delete,
+    which cancels deliveries) take them in the same order, so there is no deadlock. Writing
+    a batch twice changes nothing twice.
 
     Returns the suspensions and final failures it made, whose operational events it
     published (at ``now``) when the batch may have any (run it in a transaction then: see

@@ -249,14 +249,14 @@ WITH locked AS (
     SELECT u.webhook_id, u.hour, u.attempts, u.successes, u.failures, u.time_sum,
            u.b00, u.b01, u.b02, u.b03, u.b04, u.b05, u.b06, u.b07, u.b08, u.b09, u.b10, u.b11, u.b12, u.b13, u.b14, u.b15, u.b16, u.b17, u.b18, u.b19, u.b20, u.b21, u.b22, u.b23
     FROM unnest(:r_webhook_id::text[], :r_hour::bigint[], :r_attempts::int[], :r_successes::int[],
-                    :r_failures::int[], :r_time_sum::bigint[],
-                    :r_b00::int[], :r_b01::int[], :r_b02::int[], :r_b03::int[], :r_b04::int[], :r_b05::int[],
-                    :r_b06::int[], :r_b07::int[], :r_b08::int[], :r_b09::int[], :r_b10::int[], :r_b11::int[],
-                    :r_b12::int[], :r_b13::int[], :r_b14::int[], :r_b15::int[], :r_b16::int[], :r_b17::int[],
-                    :r_b18::int[], :r_b19::int[], :r_b20::int[], :r_b21::int[], :r_b22::int[], :r_b23::int[])
+                :r_failures::int[], :r_time_sum::bigint[],
+                :r_b00::int[], :r_b01::int[], :r_b02::int[], :r_b03::int[], :r_b04::int[], :r_b05::int[],
+                :r_b06::int[], :r_b07::int[], :r_b08::int[], :r_b09::int[], :r_b10::int[], :r_b11::int[],
+                :r_b12::int[], :r_b13::int[], :r_b14::int[], :r_b15::int[], :r_b16::int[], :r_b17::int[],
+                :r_b18::int[], :r_b19::int[], :r_b20::int[], :r_b21::int[], :r_b22::int[], :r_b23::int[])
          AS u(webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
     WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE id = (:a_id::text[])[1])
-      AND EXISTS (SELECT 1 FROM locked)  -- webhook rows first
+      AND EXISTS (SELECT 1 FROM locked)  -- webhook rows first (never deleted: always true)
     ORDER BY u.webhook_id, u.hour
     ON CONFLICT (webhook_id, hour) DO UPDATE SET
         attempts = webhook_rollups.attempts + excluded.attempts,
