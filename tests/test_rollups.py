@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from hookd.delivery.outcomes import build_settlement
 from hookd.delivery.sender import AttemptResult
-from hookd.store import ClaimRequest
+from hookd.store import ClaimRequest, operational, queue
 from hookd.store.rollups import HOUR_MS, bucket_of, percentile, rollup_rows
 from tests.conftest import Api, eventually
 from tests.receiver import Receiver
@@ -78,6 +80,55 @@ async def test_settling_writes_rollups_once_even_when_a_batch_is_written_twice(a
     assert totals[hook["id"]].p95 is not None
     assert await api.store.rollup_totals([], now) == {}
     assert await api.store.rollup_series(hook["id"], now + HOUR_MS) == []
+
+
+@pytest.mark.parametrize("final", [False, True], ids=["retried", "final-failure"])
+async def test_a_batch_of_two_webhooks_and_hours_written_twice_counts_once(
+    api: Api, final: bool
+) -> None:
+    # PostgreSQL writes the rollups in the settle statement itself, whose parts all see the
+    # state from before it: the check for the batch's first attempt sees it only if an earlier
+    # write of the batch inserted it. Both ways to settle: alone on the worker's connections
+    # (one statement, no transaction) and with operational events (one durable transaction).
+    hooks = [await api.create_webhook(), await api.create_webhook()]
+    for _ in range(2):
+        await api.publish()
+    now = api.store.clock()
+    claimed = await api.store.claim(
+        ClaimRequest(now=now, capacity=10, per_webhook=10, margin_ms=60_000, token="w-1")
+    )
+    assert len(claimed) == 4
+    hour = now - now % HOUR_MS
+    results = [
+        # one attempt of each webhook in the hour before, one in this hour; one of them failed
+        (c, AttemptResult(hour - HOUR_MS + i if i % 2 else now + i, i != 3, 200 if i != 3 else 500,
+                          "x", 10 * (i + 1), b"", None))
+        for i, c in enumerate(sorted(claimed, key=lambda c: (c.webhook_id, c.id)))
+    ]  # fmt: skip
+    settlement = build_settlement(results, () if final else (60.0,), 10, random.Random(1))
+    assert operational.may_publish(settlement.deliveries) is final
+    if not final and api.store.dialect == "postgresql":
+        op = queue.settle("postgresql", settlement, now)
+        assert next(op).name == "settle"
+        with pytest.raises(StopIteration):
+            op.send(6)
+        # one statement: the store runs it on the worker's connections, no transaction around
+    await api.store.settle(settlement)
+    await api.store.settle(settlement)  # the first answer was lost: written again
+    await api.store.settle(settlement)  # and again
+
+    want = {}
+    for i, (c, _r) in enumerate(results):
+        h = hour if i % 2 == 0 else hour - HOUR_MS
+        n, ok, total = want.get((c.webhook_id, h), (0, 0, 0))
+        want[(c.webhook_id, h)] = (n + 1, ok + (i != 3), total + 10 * (i + 1))
+    found = {}
+    for hook in hooks:
+        for r in await api.store.rollup_series(hook["id"], now - 2 * HOUR_MS):
+            assert r.hour is not None and sum(r.sketch) == r.attempts
+            found[(r.webhook_id, r.hour)] = (r.attempts, r.successes, r.time_sum)
+    assert found == want, "each webhook's hours counted once although written three times"
+    assert sum(n for n, _ok, _t in found.values()) == 4
 
 
 async def test_the_worker_records_rollups_of_real_deliveries(

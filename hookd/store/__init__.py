@@ -85,7 +85,7 @@ class Driver(Protocol):
     async def read(self, op: Op[T], *, snapshot: bool = False) -> T: ...
     async def read_apart(self, op: Op[T]) -> T: ...
     async def write(self, op: Op[T], *, atomic_statements: bool = False) -> T: ...
-    async def work(self, op: Op[T], *, transaction: bool = False) -> T: ...
+    async def work(self, op: Op[T]) -> T: ...
     def notify_work(self) -> None: ...
     async def wait_for_work(self, timeout: float) -> bool: ...
     async def listen_events(self, sink: EventSink) -> None: ...
@@ -309,16 +309,16 @@ class Store:
     # The queue.
 
     async def settle(self, settlement: Settlement) -> list[OperationalChange]:
-        """Record a batch of attempts' outcomes and the dashboard's rollups of them, in one
-        transaction; returns the suspensions and final failures it made, whose operational
-        events it published with it (SPEC §4)."""
+        """Record a batch of attempts' outcomes and the dashboard's rollups of them, atomically
+        (PostgreSQL: one statement; SQLite: one transaction); returns the suspensions and
+        final failures it made, whose operational events it published with it (SPEC §4)."""
         op = queue.settle(self.dialect, settlement, self.clock())
         if operational.may_publish(settlement.deliveries):
             # With operational events: on the API's connections, committed durably (crash
             # safety); a delivery ending failed is rare, so the usual settle stays on the
             # worker's connections.
             return await self.driver.write(op)
-        return await self.driver.work(op, transaction=True)
+        return await self.driver.work(op)
 
     async def claim(self, request: ClaimRequest) -> list[ClaimedDelivery]:
         """Lease due deliveries to a worker."""

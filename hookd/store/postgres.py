@@ -251,7 +251,7 @@ class PostgresDriver:
         """
         return await self._run(op, transaction=not atomic_statements)
 
-    async def work(self, op: Op[T], *, transaction: bool = False) -> T:
+    async def work(self, op: Op[T]) -> T:
         """Run a delivery worker's operation, each statement of which is atomic by itself
         (no transaction around them: fewer round trips), on the worker's connections.
 
@@ -260,8 +260,6 @@ class PostgresDriver:
         (delivery is at least once), and no client was told anything about them. They also
         keep one generic plan per statement: planning the claim afresh each time (what
         PostgreSQL chose for it) cost about 1.3 ms per claim, more than running it.
-        With ``transaction``, its statements run in one transaction (a settle and its
-        dashboard rollups).
         """
         if self._worker_pool is None:
             try:
@@ -279,7 +277,7 @@ class PostgresDriver:
                 )
             except _UNAVAILABLE as exc:
                 raise DatabaseUnavailable(str(exc)) from exc
-        return await self._run(op, transaction=transaction, pool=self._worker_pool)
+        return await self._run(op, transaction=False, pool=self._worker_pool)
 
     def notify_work(self) -> None:
         self._work.set()

@@ -91,20 +91,17 @@ class Settlement:
 def settle(
     dialect: str, settlement: Settlement, now: int = 0
 ) -> Op[list[operational.OperationalChange]]:
-    """Write a batch of outcomes. Lock order, everywhere: webhook rows (in id order) before
-    delivery rows; the API's writes (delete, which cancels deliveries) take them in the
-    same order, so there is no deadlock. Writing a batch twice changes nothing twice.
+    """Write a batch of outcomes and the dashboard's rollups of its attempts
+    (:mod:`hookd.store.rollups`). Lock order, everywhere: webhook rows (in id order) before
+    delivery rows and rollup rows (in (webhook_id, hour) order); the API's writes (delete,
+    which cancels deliveries) take them in the same order, so there is no deadlock. Writing
+    a batch twice changes nothing twice.
 
     Returns the suspensions and final failures it made, whose operational events it
     published (at ``now``) when the batch may have any (run it in a transaction then: see
     :mod:`hookd.store.operational`)."""
     if not settlement:
         return []
-    # ---- Dashboard rollups (hookd.store.rollups): the batch's hourly rows, one statement,
-    # before the outcome (which inserts the attempts whose presence marks a batch recorded).
-    # Run in one transaction with it (Store.settle).
-    yield from rollups.record(settlement.attempts)
-    # ---- end of dashboard rollups
     webhooks = sorted(settlement.webhooks, key=lambda r: str(r["id"]))
     # --- operational events (SPEC §4): note the state before the settle --------------------
     seen = None
@@ -113,15 +110,20 @@ def settle(
         seen = yield from operational.watch([str(w["id"]) for w in webhooks], failing)
     # ----------------------------------------------------------------------------------------
     if dialect == "postgresql":
-        # One statement, atomic by itself, with each table's rows as arrays.
+        # One statement, atomic by itself, with each table's rows as arrays, the dashboard's
+        # rollups (hookd.store.rollups) included.
         yield run(
             "settle",
             suspend_after=webhooks[0]["suspend_after"],
             **_columns("w_", webhooks, exclude=("suspend_after",)),
             **_columns("d_", settlement.deliveries),
             **_columns("a_", settlement.attempts),
+            **_columns("r_", rollups.rollup_rows(settlement.attempts), exclude=("first_attempt",)),
         )
     else:
+        # SQLite: in one transaction (its one writer), the rollups before the attempts,
+        # whose presence marks a batch recorded.
+        yield from rollups.record(settlement.attempts)
         yield many("outcome_webhook", webhooks)
         yield many("outcome_delivery", settlement.deliveries)
         yield many("outcome_attempt", settlement.attempts)

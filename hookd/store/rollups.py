@@ -9,7 +9,9 @@ sketch is the geometric middle of its bucket, within about 26 % of the true valu
 sketches of several hours or webhooks add up exactly.
 
 The settle of each batch of attempts (:func:`hookd.store.queue.settle`) writes the batch's
-rollups in its own transaction, first: one row per webhook and hour, folded here.
+rollups with it: one row per webhook and hour, folded here (:func:`rollup_rows`). On
+PostgreSQL they are one more part of the settle's single statement; on SQLite,
+:func:`record` writes them in the settle's transaction.
 """
 
 from __future__ import annotations
@@ -131,9 +133,9 @@ def rollup_rows(attempts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def record(attempts: Sequence[Mapping[str, Any]]) -> Op[None]:
-    """Add a batch of attempts to the rollups (one statement on PostgreSQL). Run it in the
-    settle's transaction before the attempts are inserted: a batch already recorded is
-    skipped."""
+    """Add a batch of attempts to the rollups (SQLite; PostgreSQL's settle statement does it
+    itself). Run it in the settle's transaction before the attempts are inserted: a batch
+    already recorded is skipped."""
     found = rollup_rows(attempts)
     if found:
         yield many("rollup_add", found)

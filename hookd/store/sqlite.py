@@ -297,7 +297,7 @@ class SqliteDriver:
             self._flusher = self._loop.create_task(self._flush())
         return await future
 
-    async def work(self, op: Op[T], *, transaction: bool = False) -> T:
+    async def work(self, op: Op[T]) -> T:
         """A delivery worker's operation: on SQLite, one more write in the group commit."""
         return await self.write(op)
 

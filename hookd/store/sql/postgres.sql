@@ -170,7 +170,8 @@ FROM unnest(:id::text[], :webhook_id::text[], :event_id::text[], :topic::text[],
 -- name: settle
 -- A batch of outcomes in one statement (atomic by itself): the webhooks' health, locked in
 -- id order first (the API locks a webhook before its deliveries too), the deliveries' new
--- state, and the attempts. Each table's rows come as arrays, :w_*, :d_* and :a_*.
+-- state, the attempts, and the dashboard's rollups of them. Each table's rows come as
+-- arrays, :w_*, :d_*, :a_* and :r_*.
 -- The health fold is explained in hookd.delivery.outcomes; every expression reads the
 -- row as it was, so concurrent workers each apply on top of the other.
 WITH locked AS (
@@ -237,6 +238,55 @@ WITH locked AS (
                          :a_error::text[])
     ON CONFLICT (id) DO NOTHING
     RETURNING id
+), rolled AS (
+    -- The dashboard's hourly rollups of the batch (hookd.store.rollups), :r_*: one row per
+    -- webhook and hour, folded in Python and sorted by (webhook_id, hour), locked in that
+    -- order after the webhooks. Nothing is added when the batch's first attempt is already
+    -- recorded: a batch written twice counts once. Every part of one statement sees the
+    -- same snapshot, taken before `tried` inserts the attempts, so this sees them only if
+    -- an earlier write of the batch did.
+    INSERT INTO webhook_rollups (webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
+    SELECT u.webhook_id, u.hour, u.attempts, u.successes, u.failures, u.time_sum,
+           u.b00, u.b01, u.b02, u.b03, u.b04, u.b05, u.b06, u.b07, u.b08, u.b09, u.b10, u.b11, u.b12, u.b13, u.b14, u.b15, u.b16, u.b17, u.b18, u.b19, u.b20, u.b21, u.b22, u.b23
+    FROM unnest(:r_webhook_id::text[], :r_hour::bigint[], :r_attempts::int[], :r_successes::int[],
+                :r_failures::int[], :r_time_sum::bigint[],
+                :r_b00::int[], :r_b01::int[], :r_b02::int[], :r_b03::int[], :r_b04::int[], :r_b05::int[],
+                :r_b06::int[], :r_b07::int[], :r_b08::int[], :r_b09::int[], :r_b10::int[], :r_b11::int[],
+                :r_b12::int[], :r_b13::int[], :r_b14::int[], :r_b15::int[], :r_b16::int[], :r_b17::int[],
+                :r_b18::int[], :r_b19::int[], :r_b20::int[], :r_b21::int[], :r_b22::int[], :r_b23::int[])
+         AS u(webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
+    WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE id = (:a_id::text[])[1])
+      AND EXISTS (SELECT 1 FROM locked)  -- webhook rows first (never deleted: always true)
+    ORDER BY u.webhook_id, u.hour
+    ON CONFLICT (webhook_id, hour) DO UPDATE SET
+        attempts = webhook_rollups.attempts + excluded.attempts,
+        successes = webhook_rollups.successes + excluded.successes,
+        failures = webhook_rollups.failures + excluded.failures,
+        time_sum = webhook_rollups.time_sum + excluded.time_sum,
+        b00 = webhook_rollups.b00 + excluded.b00,
+        b01 = webhook_rollups.b01 + excluded.b01,
+        b02 = webhook_rollups.b02 + excluded.b02,
+        b03 = webhook_rollups.b03 + excluded.b03,
+        b04 = webhook_rollups.b04 + excluded.b04,
+        b05 = webhook_rollups.b05 + excluded.b05,
+        b06 = webhook_rollups.b06 + excluded.b06,
+        b07 = webhook_rollups.b07 + excluded.b07,
+        b08 = webhook_rollups.b08 + excluded.b08,
+        b09 = webhook_rollups.b09 + excluded.b09,
+        b10 = webhook_rollups.b10 + excluded.b10,
+        b11 = webhook_rollups.b11 + excluded.b11,
+        b12 = webhook_rollups.b12 + excluded.b12,
+        b13 = webhook_rollups.b13 + excluded.b13,
+        b14 = webhook_rollups.b14 + excluded.b14,
+        b15 = webhook_rollups.b15 + excluded.b15,
+        b16 = webhook_rollups.b16 + excluded.b16,
+        b17 = webhook_rollups.b17 + excluded.b17,
+        b18 = webhook_rollups.b18 + excluded.b18,
+        b19 = webhook_rollups.b19 + excluded.b19,
+        b20 = webhook_rollups.b20 + excluded.b20,
+        b21 = webhook_rollups.b21 + excluded.b21,
+        b22 = webhook_rollups.b22 + excluded.b22,
+        b23 = webhook_rollups.b23 + excluded.b23
 )
 SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT count(*) FROM tried);
 
@@ -282,51 +332,6 @@ SELECT * FROM events WHERE id = ANY(:ids::text[]);
 SET LOCAL plan_cache_mode = force_custom_plan;
 
 -- ---- Dashboard rollups (hookd.store.rollups) --------------------------------------
-
--- name: rollup_add
--- batch: columns
--- The rollups of a settle batch in one statement (see common.sql).
-INSERT INTO webhook_rollups (webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
-SELECT u.webhook_id, u.hour, u.attempts, u.successes, u.failures, u.time_sum,
-       u.b00, u.b01, u.b02, u.b03, u.b04, u.b05, u.b06, u.b07, u.b08, u.b09, u.b10, u.b11, u.b12, u.b13, u.b14, u.b15, u.b16, u.b17, u.b18, u.b19, u.b20, u.b21, u.b22, u.b23
-FROM unnest(:webhook_id::text[], :hour::bigint[], :attempts::int[], :successes::int[],
-            :failures::int[], :time_sum::bigint[],
-            :b00::int[], :b01::int[], :b02::int[], :b03::int[], :b04::int[], :b05::int[],
-            :b06::int[], :b07::int[], :b08::int[], :b09::int[], :b10::int[], :b11::int[],
-            :b12::int[], :b13::int[], :b14::int[], :b15::int[], :b16::int[], :b17::int[],
-            :b18::int[], :b19::int[], :b20::int[], :b21::int[], :b22::int[], :b23::int[])
-     AS u(webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
-WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE id = (:first_attempt::text[])[1])
-ORDER BY u.webhook_id, u.hour
-ON CONFLICT (webhook_id, hour) DO UPDATE SET
-    attempts = webhook_rollups.attempts + excluded.attempts,
-    successes = webhook_rollups.successes + excluded.successes,
-    failures = webhook_rollups.failures + excluded.failures,
-    time_sum = webhook_rollups.time_sum + excluded.time_sum,
-    b00 = webhook_rollups.b00 + excluded.b00,
-    b01 = webhook_rollups.b01 + excluded.b01,
-    b02 = webhook_rollups.b02 + excluded.b02,
-    b03 = webhook_rollups.b03 + excluded.b03,
-    b04 = webhook_rollups.b04 + excluded.b04,
-    b05 = webhook_rollups.b05 + excluded.b05,
-    b06 = webhook_rollups.b06 + excluded.b06,
-    b07 = webhook_rollups.b07 + excluded.b07,
-    b08 = webhook_rollups.b08 + excluded.b08,
-    b09 = webhook_rollups.b09 + excluded.b09,
-    b10 = webhook_rollups.b10 + excluded.b10,
-    b11 = webhook_rollups.b11 + excluded.b11,
-    b12 = webhook_rollups.b12 + excluded.b12,
-    b13 = webhook_rollups.b13 + excluded.b13,
-    b14 = webhook_rollups.b14 + excluded.b14,
-    b15 = webhook_rollups.b15 + excluded.b15,
-    b16 = webhook_rollups.b16 + excluded.b16,
-    b17 = webhook_rollups.b17 + excluded.b17,
-    b18 = webhook_rollups.b18 + excluded.b18,
-    b19 = webhook_rollups.b19 + excluded.b19,
-    b20 = webhook_rollups.b20 + excluded.b20,
-    b21 = webhook_rollups.b21 + excluded.b21,
-    b22 = webhook_rollups.b22 + excluded.b22,
-    b23 = webhook_rollups.b23 + excluded.b23;
 
 -- name: rollup_totals
 SELECT webhook_id, sum(attempts) AS attempts, sum(successes) AS successes,

@@ -127,3 +127,44 @@ SELECT webhook_id, count(*) AS waiting,
 FROM deliveries INDEXED BY ix_deliveries_tests
 WHERE is_test AND status = 'pending' AND lease_until IS NULL
 GROUP BY webhook_id;
+
+-- ---- Dashboard rollups (hookd.store.rollups) --------------------------------------
+
+-- name: rollup_add
+-- Hourly rollups of a settle batch's attempts (hookd.store.rollups), written in the settle's
+-- transaction before its attempts, one row per webhook and hour folded in Python (PostgreSQL's
+-- settle statement writes them itself). Nothing is added when the batch's first attempt is
+-- already recorded: a batch written twice (its first answer was lost) counts once.
+INSERT INTO webhook_rollups (webhook_id, hour, attempts, successes, failures, time_sum, b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23)
+SELECT :webhook_id, :hour, :attempts, :successes, :failures, :time_sum,
+       :b00, :b01, :b02, :b03, :b04, :b05, :b06, :b07, :b08, :b09, :b10, :b11, :b12, :b13, :b14, :b15, :b16, :b17, :b18, :b19, :b20, :b21, :b22, :b23
+WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE id = :first_attempt)
+ON CONFLICT (webhook_id, hour) DO UPDATE SET
+    attempts = webhook_rollups.attempts + excluded.attempts,
+    successes = webhook_rollups.successes + excluded.successes,
+    failures = webhook_rollups.failures + excluded.failures,
+    time_sum = webhook_rollups.time_sum + excluded.time_sum,
+    b00 = webhook_rollups.b00 + excluded.b00,
+    b01 = webhook_rollups.b01 + excluded.b01,
+    b02 = webhook_rollups.b02 + excluded.b02,
+    b03 = webhook_rollups.b03 + excluded.b03,
+    b04 = webhook_rollups.b04 + excluded.b04,
+    b05 = webhook_rollups.b05 + excluded.b05,
+    b06 = webhook_rollups.b06 + excluded.b06,
+    b07 = webhook_rollups.b07 + excluded.b07,
+    b08 = webhook_rollups.b08 + excluded.b08,
+    b09 = webhook_rollups.b09 + excluded.b09,
+    b10 = webhook_rollups.b10 + excluded.b10,
+    b11 = webhook_rollups.b11 + excluded.b11,
+    b12 = webhook_rollups.b12 + excluded.b12,
+    b13 = webhook_rollups.b13 + excluded.b13,
+    b14 = webhook_rollups.b14 + excluded.b14,
+    b15 = webhook_rollups.b15 + excluded.b15,
+    b16 = webhook_rollups.b16 + excluded.b16,
+    b17 = webhook_rollups.b17 + excluded.b17,
+    b18 = webhook_rollups.b18 + excluded.b18,
+    b19 = webhook_rollups.b19 + excluded.b19,
+    b20 = webhook_rollups.b20 + excluded.b20,
+    b21 = webhook_rollups.b21 + excluded.b21,
+    b22 = webhook_rollups.b22 + excluded.b22,
+    b23 = webhook_rollups.b23 + excluded.b23;
