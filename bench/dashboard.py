@@ -50,7 +50,7 @@ if __package__ in (None, ""):
 import httpx
 
 from bench.common import Result, add_run_arguments, append_jsonl, print_table
-from bench.harness import hookd_commit, write_summary
+from bench.harness import finish, hookd_commit
 from hookd.api import create_app
 from hookd.ids import new_event_id, new_object_id, new_secret
 from hookd.settings import DEFAULT_API_VERSION, load_settings
@@ -324,11 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 RESULTS_NAME,
                 {"name": f"dashboard {f['db']}", "commit": commit, "label": args.label, **f},
             )
-    if args.summary_file:
-        write_summary(args.summary_file, RESULTS_NAME, timed, not problems)
-    for p in problems:
-        print(f"FAILED: {p}", file=sys.stderr)
-    return 1 if problems else 0
+    return finish(args.summary_file, RESULTS_NAME, timed, problems)
 
 
 if __name__ == "__main__":

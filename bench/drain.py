@@ -62,10 +62,10 @@ from bench.harness import (
     Deployment,
     DrainResult,
     Mode,
+    finish,
     hookd_commit,
     measure_drain,
     median,
-    write_summary,
 )
 from bench.receiver import Receiver, receiver_kind
 
@@ -402,11 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                     res_row.paired_ratio,
                 ),
             )
-    if args.summary_file:
-        write_summary(args.summary_file, "drain", results[:4], not failures)
-    for f in failures:
-        print(f"FAILED: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(args.summary_file, "drain", results[:4], failures)
 
 
 if __name__ == "__main__":

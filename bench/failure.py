@@ -50,14 +50,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Result, add_run_arguments, append_jsonl, print_table
-from bench.harness import (
-    Deployment,
-    Mode,
-    hookd_commit,
-    measure_drain,
-    median,
-    write_summary,
-)
+from bench.harness import Deployment, Mode, finish, hookd_commit, measure_drain, median
 from bench.receiver import Receiver, receiver_kind
 
 __all__ = ["main"]
@@ -279,11 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 "healthy_rate": ok_rate,
             },
         )
-    if args.summary_file:
-        write_summary(args.summary_file, "failure", results[:1] + results[2:], not failures)
-    for f in failures:
-        print(f"FAILED: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(args.summary_file, "failure", results[:1] + results[2:], failures)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Result, add_run_arguments, append_jsonl, print_table
-from bench.harness import Deployment, hookd_commit, measure_drain, write_summary
+from bench.harness import Deployment, finish, hookd_commit, measure_drain
 from bench.receiver import Receiver, receiver_kind
 
 RESULTS_NAME = "fanout.jsonl"
@@ -229,11 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sizes": measured,
             },
         )
-    if args.summary_file:
-        write_summary(args.summary_file, "fanout", results, not failures)
-    for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(args.summary_file, "fanout", results, failures)
 
 
 if __name__ == "__main__":

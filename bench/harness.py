@@ -61,6 +61,7 @@ __all__ = [
     "Deployment",
     "DrainResult",
     "Mode",
+    "finish",
     "hookd_commit",
     "hookd_source",
     "measure_drain",
@@ -628,3 +629,15 @@ def write_summary(path: Path, benchmark: str, results: Sequence[Result], ok: boo
         "rows": [r.as_dict() for r in results],
     }
     path.write_text(json.dumps(data, default=str))
+
+
+def finish(
+    summary_file: Path | None, benchmark: str, results: Sequence[Result], failures: Sequence[str]
+) -> int:
+    """The end of a benchmark's run: its headline rows for ``run_all.py`` (when it asked for
+    them), each failure on stderr, and the exit status (1 if anything failed)."""
+    if summary_file:
+        write_summary(summary_file, benchmark, results, not failures)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0

@@ -66,7 +66,7 @@ from bench.common import (
     percentile,
     print_table,
 )
-from bench.harness import Deployment, hookd_commit, median, write_summary
+from bench.harness import Deployment, finish, hookd_commit, median
 
 __all__ = ["delivery_rows", "main"]
 
@@ -504,11 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 RESULTS_NAME,
                 {"name": f"listing {f['db']}", "commit": commit, "label": args.label, **f},
             )
-    if args.summary_file:
-        write_summary(args.summary_file, "listing", timed, not problems)
-    for p in problems:
-        print(f"FAILED: {p}", file=sys.stderr)
-    return 1 if problems else 0
+    return finish(args.summary_file, "listing", timed, problems)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ if __package__ in (None, ""):
 from bench.backlog import _EVENT_ID, _EVENTS_SQL
 from bench.common import Result, add_run_arguments, append_jsonl, print_table
 from bench.drain import prepare
-from bench.harness import Deployment, hookd_commit, measure_drain, median, write_summary
+from bench.harness import Deployment, finish, hookd_commit, measure_drain, median
 from bench.receiver import Receiver, receiver_kind
 from hookd.metrics import Metrics
 
@@ -407,11 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         for result in results:
             result.extra.update({"commit": commit, "label": args.label, "events": events})
             append_jsonl(RESULTS_NAME, result)
-    if args.summary_file:
-        write_summary(args.summary_file, "metrics", results, not failures)
-    for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(args.summary_file, "metrics", results, failures)
 
 
 if __name__ == "__main__":

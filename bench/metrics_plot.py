@@ -56,7 +56,7 @@ if __package__ in (None, ""):
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Result, add_run_arguments, print_table, stop_process
-from bench.harness import Deployment, hookd_commit, publisher_result, run_publisher, write_summary
+from bench.harness import Deployment, finish, hookd_commit, publisher_result, run_publisher
 from bench.publisher import event_body
 from bench.receiver import Receiver, receiver_kind
 
@@ -755,11 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(results, title="metrics_plot: what the scenario did")
     print(f"took {time.monotonic() - started:.1f} s")
-    if args.summary_file:
-        write_summary(args.summary_file, "metrics-plot", results, not failures)
-    for failure in failures:
-        print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(args.summary_file, "metrics-plot", results, failures)
 
 
 if __name__ == "__main__":

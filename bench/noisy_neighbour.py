@@ -59,11 +59,11 @@ from bench.common import (
 )
 from bench.harness import (
     Deployment,
+    finish,
     hookd_commit,
     measure_drain,
     proc_status_kib,
     run_publisher,
-    write_summary,
 )
 from bench.latency import _measure as measure_latency
 from bench.receiver import Receiver, receiver_kind
@@ -308,11 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 "scenarios": got,
             },
         )
-    if args.summary_file:
-        write_summary(args.summary_file, "noisy_neighbour", results, not failures)
-    for f in failures:
-        print(f"FAILED: {f}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(args.summary_file, "noisy_neighbour", results, failures)
 
 
 if __name__ == "__main__":
