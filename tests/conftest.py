@@ -16,7 +16,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import httpx
@@ -45,7 +45,7 @@ async def admin_sql(sql: str) -> None:
         await conn.close()
 
 
-def _postgres_problem() -> str | None:
+def postgres_problem() -> str | None:
     try:
         asyncio.run(admin_sql("SELECT 1"))
     except Exception as exc:  # any failure to connect means the same thing here
@@ -53,14 +53,20 @@ def _postgres_problem() -> str | None:
     return None
 
 
+def unavailable(problem: str) -> NoReturn:
+    """A test needs something this machine lacks (PostgreSQL, chromium, promtool): it skips
+    saying what, and fails instead under ``CI=true``, where everything must run."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(problem + " (CI=true: this test must run)")
+    pytest.skip(problem + " (set CI=true to make this a failure)")
+
+
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A migrated template database, created once per test session (per xdist worker)."""
-    problem = _postgres_problem()
+    problem = postgres_problem()
     if problem is not None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(problem + " (CI=true: PostgreSQL tests must run)")
-        pytest.skip(problem + " (set CI=true to make this a failure)")
+        unavailable(problem)
     name = f"hookd_tpl_{uuid.uuid4().hex[:12]}"
     asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
     try:
@@ -269,8 +275,5 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     ``scripts/test`` installs it. Missing, the browser tests skip, or fail when ``CI=true``."""
     chromium = shutil.which("chromium")
     if chromium is None:
-        message = "chromium is not installed (apt-get install chromium, or run scripts/test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("chromium is not installed (apt-get install chromium, or run scripts/test)")
     return {**browser_type_launch_args, "executable_path": chromium}

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
 
-from tests.conftest import ENGINES, admin_sql, dsn_for
+from tests.conftest import ENGINES, admin_sql, dsn_for, unavailable
 from tests.processes import HookdProcess, HookdProcesses, run_hookd
 
 pytestmark = pytest.mark.timeout(120)
@@ -110,10 +110,7 @@ def hookd(
         try:
             _admin_sql("SELECT 1")
         except Exception as exc:
-            message = f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
         database = f"hookd_browser_{uuid.uuid4().hex[:12]}"
         _admin_sql(f'CREATE DATABASE "{database}"')
         url = dsn_for(database)
