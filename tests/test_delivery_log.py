@@ -502,6 +502,48 @@ async def test_retention_purges_old_rows_and_keeps_new_ones(api: Api, receiver: 
     assert await _counts(api) == {"events": 2, "deliveries": 1, "attempts": 2}
 
 
+@pytest.mark.parametrize("engine", ["postgres"])  # SQLite: purge and recovery take turns
+async def test_retention_purge_spares_rows_a_recovery_or_a_claim_holds(
+    api: Api, receiver: Receiver
+) -> None:
+    """The queue tables have no foreign keys (migration 0008); the purge keeps their rows
+    consistent by locking: an old event that a recovery has read (and holds FOR KEY SHARE)
+    and an old delivery that a claim holds are skipped, with the delivery's attempts, and go
+    at the next purge once released."""
+    receiver.behave("/hook", status=500)
+    hook = await webhook(api, receiver)
+    clock = MovableClock()
+    api.store.clock = clock
+    clock.offset_ms = -31 * 86_400_000
+    async with worker_for(api, clock=clock, retry_schedule="") as worker:
+        for i in range(2):
+            await api.publish(item={"id": f"old{i}"})
+        await eventually(lambda: settled(api, hook["id"], 2))
+        clock.offset_ms = 0
+        [kept, gone] = await deliveries(api, hook["id"])
+        driver: Any = api.store.driver
+        holder = await asyncpg.connect(driver.dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute(
+                    "SELECT id FROM events WHERE id = $1 FOR KEY SHARE", kept["eventId"]
+                )
+                await holder.execute(
+                    "SELECT id FROM deliveries WHERE id = $1 FOR UPDATE", kept["id"]
+                )
+                removed = await worker.purge()
+                counts = await _counts(api)
+            assert [d["id"] for d in await deliveries(api, hook["id"])] == [kept["id"]]
+        finally:
+            await holder.close()
+        # The other delivery and its event went, and both delivery.failed events (no
+        # delivery of theirs); the held event and delivery, with its attempt, stayed.
+        assert removed == 4, gone
+        assert counts == {"events": 1, "deliveries": 1, "attempts": 1}
+        assert await worker.purge() == 2
+    assert await _counts(api) == {"events": 0, "deliveries": 0, "attempts": 0}
+
+
 async def _counts(api: Api) -> dict[str, int]:
     driver: Any = api.store.driver
     counts = {}

@@ -288,3 +288,97 @@ def test_downgrade_to_base_then_upgrade_again(empty_database_url: str) -> None:
         empty_database_url, lambda conn: _alembic(conn, lambda c: command.upgrade(c, "head"))
     )
     assert_at_head(empty_database_url)
+
+
+def _row(conn: Connection, table: str, **given: Any) -> None:
+    """Insert a row into ``table`` with ``given`` values and a plain value for every other
+    required column, by the column's reflected type."""
+    values = dict(given)
+    for column in inspect(conn).get_columns(table):
+        if column["name"] in values or column["nullable"] or column.get("default") is not None:
+            continue
+        kind = str(column["type"]).upper()
+        values[column["name"]] = (
+            False
+            if "BOOL" in kind
+            else 1
+            if "INT" in kind
+            else b""
+            if "BLOB" in kind or "BYTEA" in kind
+            else "x"
+        )
+    names = ", ".join(values)
+    marks = ", ".join(f":{name}" for name in values)
+    conn.execute(text(f"INSERT INTO {table} ({names}) VALUES ({marks})"), values)
+
+
+def test_0008_drops_the_queue_tables_foreign_keys_and_keeps_their_rows(
+    empty_database_url: str,
+) -> None:
+    """Migration 0008 on a database with a delivery and its attempt: both rows (and the
+    queue's partial indexes and view) are kept, and the three references are gone, so a
+    delivery of a webhook or event that is not there is accepted (the code guards them, see
+    hookd.store.queue.purge). The downgrade puts the references back."""
+    on_connection(
+        empty_database_url, lambda conn: _alembic(conn, lambda c: command.upgrade(c, "0007"))
+    )
+
+    def fill(conn: Connection) -> None:
+        _row(conn, "organizations", id="org")
+        _row(conn, "webhooks", id="wh", organization_id="org", status="active")
+        _row(conn, "events", id="ev", organization_id="org", is_test=False)
+        _row(conn, "deliveries", id="dl", webhook_id="wh", event_id="ev", status="pending")
+        _row(conn, "attempts", id="at", delivery_id="dl", webhook_id="wh")
+
+    def references(conn: Connection) -> set[tuple[str, str]]:
+        inspector = inspect(conn)
+        return {
+            (table, fk["referred_table"])
+            for table in ("deliveries", "attempts")
+            for fk in inspector.get_foreign_keys(table)
+        }
+
+    on_connection(empty_database_url, fill)
+    assert on_connection(empty_database_url, references) == {
+        ("deliveries", "webhooks"),
+        ("deliveries", "events"),
+        ("attempts", "deliveries"),
+    }
+    upgrade(empty_database_url)
+    assert_at_head(empty_database_url)
+    assert on_connection(empty_database_url, references) == set()
+
+    def kept(conn: Connection) -> tuple[Any, ...]:
+        return (
+            conn.execute(text("SELECT id, webhook_id, event_id, status FROM deliveries")).all(),
+            conn.execute(text("SELECT id, delivery_id FROM attempts")).all(),
+            conn.execute(text("SELECT webhook_id FROM queue_heads")).scalars().all(),
+        )
+
+    assert on_connection(empty_database_url, kept) == (
+        [("dl", "wh", "ev", "pending")],
+        [("at", "dl")],
+        ["wh"],
+    )
+    on_connection(
+        empty_database_url,
+        lambda conn: _row(
+            conn, "deliveries", id="orphan", webhook_id="none", event_id="none", status="failed"
+        ),
+    )
+    on_connection(
+        empty_database_url,
+        lambda conn: conn.execute(text("DELETE FROM deliveries WHERE id = 'orphan'")),
+    )
+    on_connection(
+        empty_database_url, lambda conn: _alembic(conn, lambda c: command.downgrade(c, "0007"))
+    )
+    assert on_connection(empty_database_url, references) == {
+        ("deliveries", "webhooks"),
+        ("deliveries", "events"),
+        ("attempts", "deliveries"),
+    }
+    assert on_connection(empty_database_url, kept)[:2] == (
+        [("dl", "wh", "ev", "pending")],
+        [("at", "dl")],
+    )

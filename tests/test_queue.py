@@ -11,6 +11,10 @@ import itertools
 from collections import Counter
 from typing import Any
 
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
 from hookd.store import ClaimedDelivery, ClaimRequest
 from hookd.store.queue import allot
 from tests.conftest import Api, run_sql
@@ -179,3 +183,99 @@ def test_allot_matches_the_rule_of_the_postgresql_claim() -> None:
     # fewer under way): A would then have 4, 5, 6. B has none: 1, 2, 3, 4, 5. Six slots
     # in that order (ties: the older work first) end with A at 5 and B at 4.
     assert takes == {"b1": 4, "a2": 2}, takes
+
+
+def _allot_by_the_rule(
+    heads: list[dict[str, Any]], leased: list[dict[str, Any]], req: ClaimRequest
+) -> dict[str, int]:
+    """The claim's rule spelled out slot by slot, with no shortcut: every free slot of every
+    webhook numbered within its organization, each organization's turns beyond its room
+    dropped, then the slots taken by the organization's count after each, to capacity."""
+    under = {r["webhook_id"]: (r["n"], r["m"]) for r in leased}
+    org_under: dict[str, list[int]] = {}
+    for r in leased:
+        counts = org_under.setdefault(r["organization_id"], [0, 0])
+        counts[0] += r["n"]
+        counts[1] += r["m"]
+    slots = []
+    for org in {h["organization_id"] for h in heads}:
+        n_org, m_org = org_under.get(org, [0, 0])
+        room = min(req.org_max - n_org, req.org_mine - m_org, req.capacity)
+        units = []
+        for h in heads:
+            if h["organization_id"] != org:
+                continue
+            n, m = under.get(h["webhook_id"], (0, 0))
+            free = min(req.per_webhook - n, req.my_leased - m, req.capacity)
+            units += [(n + k, h["head"], h["webhook_id"]) for k in range(1, free + 1)]
+        units.sort()
+        slots += [(n_org + t, u[1], u[2]) for t, u in enumerate(units[: max(0, room)], 1)]
+    slots.sort()
+    return dict(Counter(webhook_id for _n, _h, webhook_id in slots[: req.capacity]))
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5)), min_size=1, max_size=25),
+    st.lists(st.tuples(st.integers(0, 24), st.integers(0, 4), st.integers(0, 4)), max_size=8),
+    st.integers(1, 30),
+    st.integers(1, 6),
+    st.integers(1, 12),
+)
+@hsettings(max_examples=300, derandomize=True, deadline=None)
+def test_allot_takes_what_the_slot_by_slot_rule_takes(
+    shape: list[tuple[int, int]],
+    leases: list[tuple[int, int, int]],
+    capacity: int,
+    per_webhook: int,
+    per_org: int,
+) -> None:
+    """The shortcuts (nothing to choose when every free slot fits; only the webhooks whose
+    first slot is within their organization's room numbered) change nothing."""
+    heads = [
+        {"webhook_id": f"w{i:02d}", "organization_id": f"o{org}", "head": due}
+        for i, (org, due) in enumerate(shape)
+    ]
+    leased = {}
+    for index, n, m in leases:
+        if index < len(heads):
+            head = heads[index]
+            leased[head["webhook_id"]] = {
+                "webhook_id": head["webhook_id"],
+                "organization_id": head["organization_id"],
+                "n": n + m,
+                "m": m,
+            }
+    request = ClaimRequest(0, capacity, per_webhook, 0, "w-1", worker="w", per_org=per_org)
+    got = {head["webhook_id"]: n for head, n in allot(heads, list(leased.values()), request)}
+    assert got == _allot_by_the_rule(heads, list(leased.values()), request)
+
+
+async def test_a_claim_over_many_webhooks_takes_what_allot_takes(api: Api) -> None:
+    """PostgreSQL's claim statement and SQLite's allot, over two organizations' 40 webhooks
+    of unequal backlogs with some deliveries under way: the same deliveries per webhook."""
+    first = await api.new_org_key("first", webhook_limit=100)
+    second = await api.new_org_key("second", webhook_limit=100)
+    many = await hooks(api, 30, first, "many")
+    few = await hooks(api, 10, second, "few")
+    await publish(api, 3, first)
+    await publish(api, 2, second)
+    busy = await claim(api, 12, worker="host/9/busy", per_webhook=4)  # another worker's
+    assert len(busy) == 12
+    rows_heads = await run_sql(
+        api.store,
+        "SELECT webhook_id, organization_id, head FROM queue_heads ORDER BY webhook_id",
+    )
+    rows_leased = await run_sql(
+        api.store,
+        "SELECT d.webhook_id, w.organization_id, count(*) FROM deliveries d"
+        " JOIN webhooks w ON w.id = d.webhook_id WHERE d.lease_until IS NOT NULL"
+        " GROUP BY d.webhook_id, w.organization_id",
+    )
+    heads = [{"webhook_id": w, "organization_id": o, "head": h} for w, o, h in rows_heads]
+    leased = [{"webhook_id": w, "organization_id": o, "n": n, "m": 0} for w, o, n in rows_leased]
+    request = ClaimRequest(api.store.clock(), 37, 4, 0, "x", worker="host/1/a", per_org=20)
+    expected = {head["webhook_id"]: n for head, n in allot(heads, leased, request)}
+    taken = by("webhook_id", await claim(api, 37, worker="host/1/a", per_webhook=4, per_org=20))
+    assert dict(taken) == expected
+    assert set(expected) <= set(many) | set(few)
+    assert 0 < sum(expected.values()) < 37, "the organizations' room binds, not the capacity"

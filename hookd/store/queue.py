@@ -191,15 +191,19 @@ def allot(
     slots: list[tuple[int, int, str]] = []
     chosen: dict[str, Mapping[str, Any]] = {}
     for org, hooks in by_org.items():
+        room = max(0, rooms[org])
+        # A webhook whose first free slot is not among the organization's first ``room``
+        # turns gets none: only the others are numbered slot by slot.
+        first = sorted(hooks, key=lambda h: (h[1], h[0]["head"], h[0]["webhook_id"]))[:room]
         units = sorted(
             (everyone + k, head["head"], head["webhook_id"])
-            for head, everyone, free in hooks
-            for k in range(1, free + 1)
+            for head, everyone, free in first
+            for k in range(1, min(free, room) + 1)
         )
         base = org_under_way.get(org, [0, 0])[0]
         slots += [
             (base + turn, due, webhook_id)
-            for turn, (_n, due, webhook_id) in enumerate(units[: max(0, rooms[org])], 1)
+            for turn, (_n, due, webhook_id) in enumerate(units[:room], 1)
         ]
         chosen.update((head["webhook_id"], head) for head, _n, _free in hooks)
     slots.sort()

@@ -34,6 +34,10 @@ SELECT k.*, (SELECT count FROM counted) AS request_count FROM k;
 --   (ties: the oldest work first); across organizations likewise, by how many the
 --   organization would then have. A backlog of one organization never holds back the due
 --   deliveries of another, nor a busy webhook a quiet one, in one claim or over many;
+-- * cheaply: when every free slot fits (within :capacity and each organization's room),
+--   there is nothing to choose and every webhook gets its free slots (fits). Otherwise only
+--   the webhooks whose first free slot is among their organization's first `room` turns
+--   are numbered slot by slot: another's first slot, and so all its slots, come too late;
 -- * per webhook, up to half of its slots go to due retries and test deliveries (urgent),
 --   the rest to the oldest due deliveries of any kind; a paused or suspended webhook only
 --   sends its test deliveries.
@@ -45,20 +49,35 @@ WITH leased AS (
 ), org_leased AS (
     SELECT w.organization_id, sum(l.n) AS n, sum(l.m) AS m
     FROM leased l JOIN webhooks w ON w.id = l.webhook_id GROUP BY w.organization_id
-), slots AS (
+), heads AS (
     SELECT h.webhook_id, h.organization_id, h.active, h.urgent <= :now AS urgent, h.head,
-           row_number() OVER (PARTITION BY h.organization_id
-                              ORDER BY coalesce(l.n, 0) + k.k, h.head, h.webhook_id) AS turn
-    FROM queue_heads h
-    LEFT JOIN leased l ON l.webhook_id = h.webhook_id
-    CROSS JOIN LATERAL generate_series(1, LEAST(:max_leased - coalesce(l.n, 0),
-                                                :my_leased - coalesce(l.m, 0), :capacity)) AS k(k)
+           coalesce(l.n, 0) AS n,
+           LEAST(:max_leased - coalesce(l.n, 0), :my_leased - coalesce(l.m, 0), :capacity) AS free
+    FROM queue_heads h LEFT JOIN leased l ON l.webhook_id = h.webhook_id
     WHERE h.head <= :now
+), open AS MATERIALIZED (
+    SELECT h.*, coalesce(o.n, 0) AS org_n,
+           LEAST(:org_max - coalesce(o.n, 0), :org_mine - coalesce(o.m, 0), :capacity) AS room,
+           row_number() OVER (PARTITION BY h.organization_id
+                              ORDER BY h.n, h.head, h.webhook_id) AS first_turn,
+           sum(h.free) OVER (PARTITION BY h.organization_id) AS wanted
+    FROM heads h LEFT JOIN org_leased o ON o.organization_id = h.organization_id
+    WHERE h.free > 0
+), fits AS (
+    SELECT coalesce(sum(free) <= :capacity AND bool_and(wanted <= room), true) AS ok FROM open
+), slots AS (
+    SELECT o.webhook_id, o.active, o.urgent, o.head, o.org_n, o.room,
+           row_number() OVER (PARTITION BY o.organization_id
+                              ORDER BY o.n + k.k, o.head, o.webhook_id) AS turn
+    FROM open o CROSS JOIN LATERAL generate_series(1, LEAST(o.free, o.room)) AS k(k)
+    WHERE o.first_turn <= o.room AND NOT (SELECT ok FROM fits)
 ), granted AS (
+    SELECT o.webhook_id, o.active, coalesce(o.urgent, false) AS urgent, o.free AS take
+    FROM open o WHERE (SELECT ok FROM fits)
+    UNION ALL
     SELECT s.webhook_id, s.active, coalesce(s.urgent, false) AS urgent, count(*) AS take
-    FROM (SELECT s.* FROM slots s LEFT JOIN org_leased o ON o.organization_id = s.organization_id
-          WHERE s.turn <= LEAST(:org_max - coalesce(o.n, 0), :org_mine - coalesce(o.m, 0))
-          ORDER BY coalesce(o.n, 0) + s.turn, s.head LIMIT :capacity) s
+    FROM (SELECT s.* FROM slots s WHERE s.turn <= s.room
+          ORDER BY s.org_n + s.turn, s.head LIMIT :capacity) s
     GROUP BY s.webhook_id, s.active, s.urgent
 ), picked AS (
     SELECT d.id
@@ -129,12 +148,15 @@ WHERE lease_until IS NOT NULL AND starts_with(lease_token, :prefix);
 -- The next page of a recovery window, and for each event whether the webhook lacks a
 -- succeeded or pending delivery of it. The page is chosen first, so the check is one index
 -- look-up per event of the page, never a scan of the webhook's whole history.
+-- The page's events stay locked (FOR KEY SHARE) to the end of the transaction, so that the
+-- retention purge, which locks what it deletes, never takes an event that gets a delivery.
 WITH page AS (
     SELECT e.id, e.topic, e.created_at FROM events e
     WHERE e.organization_id = :organization_id AND e.created_at >= :since AND e.created_at < :until
       AND NOT e.is_test AND e.topic = ANY(:topics)
       AND (e.created_at > :after_at OR (e.created_at = :after_at AND e.id > :after_id))
     ORDER BY e.created_at, e.id LIMIT :limit
+    FOR KEY SHARE OF e
 )
 SELECT p.id, p.topic, p.created_at,
        NOT EXISTS (SELECT 1 FROM deliveries d
@@ -146,17 +168,32 @@ FROM page p ORDER BY p.created_at, p.id;
 -- Recoveries of one webhook take turns (the second constant is the webhook's).
 SELECT pg_advisory_xact_lock(72423, hashtext(:webhook_id));
 
+-- name: purge_deliveries_batch
+-- The batch stays locked to the end of the purge's transaction: no worker leases (claims
+-- skip locked rows) or settles one of them meanwhile, so no attempt outlives its delivery.
+SELECT id FROM deliveries WHERE id < :before_id AND lease_until IS NULL ORDER BY id LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
 -- name: purge_attempts
-DELETE FROM attempts
-WHERE delivery_id IN (SELECT id FROM deliveries WHERE id = ANY(:ids) AND lease_until IS NULL);
+DELETE FROM attempts WHERE delivery_id = ANY(:ids);
 
 -- name: purge_deliveries
--- A delivery claimed since the batch was picked stays (with its attempts, kept above).
-DELETE FROM deliveries d WHERE d.id = ANY(:ids) AND d.lease_until IS NULL
-  AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id);
+DELETE FROM deliveries WHERE id = ANY(:ids);
+
+-- name: purge_events_batch
+-- Locked (a recovery reading one of them holds it FOR KEY SHARE, and is skipped): see
+-- purge_events.
+SELECT e.id FROM events e
+WHERE e.created_at < :before
+  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+ORDER BY e.created_at LIMIT :limit
+FOR UPDATE OF e SKIP LOCKED;
 
 -- name: purge_events
-DELETE FROM events WHERE id = ANY(:ids);
+-- Checked again in this later statement, whose snapshot sees a recovery that committed a
+-- delivery of one of them after the batch's snapshot was taken but before it was locked.
+DELETE FROM events e WHERE e.id = ANY(:ids)
+  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id);
 
 -- name: delivery_insert
 -- batch: columns
