@@ -17,6 +17,17 @@ Reported per run and as medians over ``--runs`` (3):
   :func:`run_baseline`, 64 connections, 20,000 requests) against the same nginx, measured
   in the same run. Baseline and hookd alternate (B H, H B, ...).
 
+On PostgreSQL (``--db postgres``) the database is, with ``--pg-cluster machine`` (the
+default), one on the server at ``--pg-admin-url`` (this machine's: ``autovacuum=off``,
+``shared_buffers=128MB``), or with ``--pg-cluster prod`` one on a cluster the benchmark
+starts itself with production-like settings (``bench/pgcluster.py``: autovacuum on,
+shared_buffers 25% of RAM up to 4GB, pg_stat_statements, ...). Either way each run also
+reports the PostgreSQL backends' CPU per delivery and the churn of the drain
+(``pg_stat_user_tables`` before and after, read once the backends flushed their counts,
+see ``bench/pgcluster.py``): dead row versions made per delivery, updates per delivery
+and the share of HOT updates per table, and, where pg_stat_statements is loaded (the prod
+cluster), the top 15 statements by execution time (``--statements`` prints them).
+
 Each run gets a fresh deployment and database (``--reuse-deployment``: one for all runs;
 on PostgreSQL later runs are then slower, as dead rows pile up, see ``backlog.py``), a
 warm-up batch of 100 events, and in split mode the time for the workers to split the
@@ -26,6 +37,7 @@ Command line::
 
     python bench/drain.py                                   # SQLite, hookd serve, 3 runs
     python bench/drain.py --db postgres --mode split        # api + 2 workers
+    python bench/drain.py --db postgres --mode split --pg-cluster prod --statements
     python bench/drain.py --smoke                           # 100 events, checked, ~5 s
     python bench/drain.py --profile /tmp/prof               # + py-spy of one more drain
 
@@ -42,7 +54,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,6 +78,14 @@ from bench.harness import (
     hookd_commit,
     measure_drain,
     median,
+)
+from bench.pgcluster import (
+    ChurnSnapshot,
+    ProdCluster,
+    churn_report,
+    format_statements,
+    server_settings,
+    settled_snapshot,
 )
 from bench.receiver import Receiver, receiver_kind
 
@@ -187,6 +207,23 @@ def _profile(dep: Deployment, receiver: Receiver, events: int, webhooks: int, ou
             break  # one worker is enough
 
 
+def _churn_line(churn: dict[str, Any]) -> str:
+    """One line of a run's churn figures."""
+    parts = [
+        f"dead rows made {churn['dead_tuples_made_per_delivery']:.2f}/delivery "
+        f"(n_dead_tup {churn['n_dead_tup_growth_per_delivery']:+.2f}/delivery)"
+    ]
+    for name, t in churn["tables"].items():
+        if t["n_tup_upd"] or t["n_tup_ins"] or t["n_tup_del"]:
+            hot = "-" if t["hot_share"] is None else f"{t['hot_share']:.0%}"
+            parts.append(
+                f"{name} ins {t['ins_per_delivery']:.2f} upd {t['upd_per_delivery']:.2f} "
+                f"(HOT {hot}) del {t['n_tup_del'] / max(1, churn['deliveries']):.2f}"
+                + (f" autovacuum x{t['autovacuum_count']}" if t["autovacuum_count"] else "")
+            )
+    return "; ".join(parts) + f" [counts read after {churn['stats_wait_s']:.1f} s]"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="hookd drain: publish a burst, deliver it")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
@@ -203,6 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser)
     parser.add_argument("--profile", metavar="DIR", help="afterwards py-spy one more drain")
     parser.add_argument(
+        "--pg-cluster",
+        choices=["machine", "prod"],
+        default="machine",
+        help="PostgreSQL: the server at --pg-admin-url (machine), or a cluster started for the "
+        "run with production-like settings (prod, bench/pgcluster.py)",
+    )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="print each run's top 15 statements by time (pg_stat_statements, prod cluster)",
+    )
+    parser.add_argument(
         "--reuse-deployment",
         action="store_true",
         help="one deployment (and database) for every run, instead of a fresh one per run",
@@ -211,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.mode == "split" and args.db != "postgres":
         parser.error("--mode split needs --db postgres")
+    if args.pg_cluster == "prod" and args.db != "postgres":
+        parser.error("--pg-cluster prod needs --db postgres")
+    pg = args.db == "postgres"
+    cluster_kind: Literal["machine", "prod"] = args.pg_cluster
     events = args.events or (SMOKE_EVENTS if args.smoke else DEFAULT_EVENTS)
     runs = max(1, min(args.runs or (1 if args.smoke else DEFAULT_RUNS), 20))
     base_total = args.baseline_total or (SMOKE_BASELINE_TOTAL if args.smoke else 20_000)
@@ -233,6 +286,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         receiver = stack.enter_context(Receiver.start(receiver_kind(args.smoke)))
         dep: Deployment | None = None
+        pg_admin_url: str = args.pg_admin_url
+        cluster: ProdCluster | None = None
+        pg_info: dict[str, Any] = {}
+        if pg and cluster_kind == "prod":
+            t0 = time.monotonic()
+            cluster = stack.enter_context(ProdCluster(tmp))
+            pg_admin_url = cluster.admin_url
+            pg_info = cluster.describe()
+            print(
+                f"prod cluster: PostgreSQL {cluster.version} on {pg_admin_url} (postmaster pid "
+                f"{cluster.pid}, started in {time.monotonic() - t0:.1f} s), "
+                + ", ".join(f"{k}={v}" for k, v in cluster.settings.items())
+                + f"; {'; '.join(f'{k}: {v}' for k, v in pg_info['sizing_rules'].items())}",
+                flush=True,
+            )
+        elif pg:
+            pg_info = {"cluster": "machine"}
+        if pg:
+            pg_info["server_settings"] = server_settings(pg_admin_url)
+            if cluster is None:
+                print(
+                    "machine cluster: "
+                    + ", ".join(f"{k}={v}" for k, v in pg_info["server_settings"].items()),
+                    flush=True,
+                )
+        # Smoke runs only check that the counters can be read: they do not wait long for
+        # the backends to flush them.
+        stats_cap = 3.0 if args.smoke else 12.0
 
         def fresh() -> Deployment:
             made = Deployment(
@@ -240,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 tmp / f"run-{time.monotonic_ns()}",
                 mode=args.mode,
                 workers=args.workers,
-                pg_admin_url=args.pg_admin_url,
+                pg_admin_url=pg_admin_url,
                 webhook_limit=args.webhooks,
             )
             made.tmp.mkdir()
@@ -262,12 +343,19 @@ def main(argv: list[str] | None = None) -> int:
             order = ("baseline", "hookd") if run % 2 else ("hookd", "baseline")
             base: dict[str, Any] = {}
             res: DrainResult | None = None
+            churn: dict[str, Any] | None = None
+            cluster_cpu = 0.0
             for what in order:
                 if what == "baseline":
                     base = run_baseline(receiver.url, base_total, args.baseline_connections)
                     if base["errors"] or base["ok"] != base_total:
                         failures.append(f"run {run}: baseline errors {base['error_kinds']}")
                 else:
+                    snap_before: ChurnSnapshot | None = None
+                    if pg:
+                        # The warm-up's counts are flushed before the drain starts.
+                        snap_before, _ = settled_snapshot(dep.db.url, cap=stats_cap)
+                    cluster_before = cluster.cpu_seconds() if cluster else 0.0
                     res = measure_drain(
                         dep,
                         receiver,
@@ -276,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
                         clients=args.clients,
                         timeout=_timeout(expected),
                     )
+                    if cluster is not None:
+                        cluster_cpu = cluster.cpu_seconds() - cluster_before
+                    if snap_before is not None:
+                        snap_after, waited = settled_snapshot(
+                            dep.db.url, since=res.done_at, cap=stats_cap
+                        )
+                        churn = churn_report(snap_before, snap_after, res.received)
+                        churn["stats_wait_s"] = round(waited, 1)
             assert res is not None
             rate = res.delivery_rate
             ratio = rate / base["requests_per_s"] if base["requests_per_s"] else float("nan")
@@ -296,6 +392,35 @@ def main(argv: list[str] | None = None) -> int:
                 f"baseline {base['requests_per_s']:,.0f} req/s; ratio {ratio:.2f}",
                 flush=True,
             )
+            pg_out: dict[str, Any] = {}
+            if pg:
+                per = max(1, res.received)
+                pg_out = {
+                    "pg_cluster": cluster_kind,
+                    "db_backend_cpu_us_per_delivery": round(res.db_cpu_s * 1e6 / per, 1),
+                    "churn": churn,
+                }
+                if cluster is not None:
+                    # Every process of the cluster: backends, autovacuum, WAL writer, ...
+                    pg_out["pg_cluster_cpu_us_per_delivery"] = round(cluster_cpu * 1e6 / per, 1)
+                print(
+                    f"run {run}: PG ({cluster_kind}) backends "
+                    f"{pg_out['db_backend_cpu_us_per_delivery']:.0f} us/delivery"
+                    + (
+                        f", whole cluster {pg_out['pg_cluster_cpu_us_per_delivery']:.0f} us"
+                        if cluster is not None
+                        else ""
+                    )
+                    + (f"; {_churn_line(churn)}" if churn else ""),
+                    flush=True,
+                )
+                if churn and args.statements:
+                    print(
+                        f"run {run}: top statements by execution time, "
+                        f"{churn.get('statements_us_per_delivery', '-')} us of top-level "
+                        "statements per delivery:\n" + format_statements(churn),
+                        flush=True,
+                    )
             if not res.complete:
                 failures.append(f"run {run}: {res.received} of {expected} deliveries arrived")
             if res.extra_after:
@@ -322,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                     "ratio": ratio,
                     **res.as_dict(),
+                    **pg_out,
                 }
             )
         assert dep is not None
@@ -333,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    label = f"drain, {args.db}, {'hookd serve' if args.mode == 'serve' else f'api + {args.workers} workers'}"
+    db_label = f"{args.db} (prod cluster)" if pg and cluster_kind == "prod" else args.db
+    label = f"drain, {db_label}, {'hookd serve' if args.mode == 'serve' else f'api + {args.workers} workers'}"
     rates = [r["delivery_rate"] for r in runs_out]
     bases = [r["baseline_rps"] for r in runs_out]
     ratios = [r["ratio"] for r in runs_out]
@@ -368,6 +495,46 @@ def main(argv: list[str] | None = None) -> int:
         Result(f"{label}: hookd peak RSS (max process)", peak / 1024, "MiB"),
         Result("baseline (raw aiohttp sender, same nginx)", median(bases), "req/s"),
     ]
+    pg_results: list[Result] = []
+    if pg:
+        pg_results.append(
+            Result(
+                f"{label}: PG backend CPU per delivery",
+                median([r["db_backend_cpu_us_per_delivery"] for r in runs_out]),
+                "us",
+            )
+        )
+        if cluster_kind == "prod":
+            pg_results.append(
+                Result(
+                    f"{label}: PG cluster CPU per delivery (all its processes)",
+                    median([r.get("pg_cluster_cpu_us_per_delivery", 0.0) for r in runs_out]),
+                    "us",
+                )
+            )
+        churns = [r["churn"] for r in runs_out if r.get("churn")]
+        if churns:
+            pg_results.append(
+                Result(
+                    f"{label}: dead row versions made per delivery",
+                    median([c["dead_tuples_made_per_delivery"] for c in churns]),
+                    "rows",
+                )
+            )
+            for table in ("deliveries", "webhooks"):
+                stats = [c["tables"][table] for c in churns if table in c["tables"]]
+                pg_results.append(
+                    Result(
+                        f"{label}: {table} updates per delivery",
+                        median([t["upd_per_delivery"] for t in stats]),
+                        "rows",
+                    )
+                )
+                hot = [100 * t["hot_share"] for t in stats if t["hot_share"] is not None]
+                pg_results.append(
+                    Result(f"{label}: {table} HOT share of updates", median(hot), "%")
+                )
+        results[5:5] = pg_results
     print()
     print_table(
         results,
@@ -387,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit,
         "label": args.label,
     }
+    if pg:
+        common["pg_cluster"] = cluster_kind
+        common["pg"] = pg_info
     if save:
         for r in runs_out:
             append_jsonl(RESULTS_NAME, {"name": f"{label} run", "kind": "run", **common, **r})
@@ -402,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
                     res_row.paired_ratio,
                 ),
             )
-    return finish(args.summary_file, "drain", results[:4], failures)
+    # run_all.py's table: the headline rows, the PostgreSQL CPU and the dead rows made.
+    headline = [r for r in pg_results if "CPU" in r.name or "dead row" in r.name]
+    return finish(args.summary_file, "drain", results[:4] + headline, failures)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,14 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("drain-sqlite", "drain.py", ("--db", "sqlite", "--mode", "serve")),
     Bench("drain-postgres-serve", "drain.py", ("--db", "postgres", "--mode", "serve")),
     Bench("drain-postgres-split", "drain.py", ("--db", "postgres", "--mode", "split")),
+    # The same on a PostgreSQL cluster the benchmark starts itself with production-like
+    # settings (bench/pgcluster.py: autovacuum on, shared_buffers 25% of RAM up to 4GB,
+    # pg_stat_statements). Its smoke run checks that the cluster starts and stops (~20 s).
+    Bench(
+        "drain-postgres-split-prod",
+        "drain.py",
+        ("--db", "postgres", "--mode", "split", "--pg-cluster", "prod"),
+    ),
     Bench("latency-sqlite", "latency.py", ("--db", "sqlite")),
     Bench("latency-postgres", "latency.py", ("--db", "postgres")),
     Bench("backlog", "backlog.py", ("--mode", "serve"), full_timeout=3600.0),
