@@ -11,11 +11,15 @@ import itertools
 from collections import Counter
 from typing import Any
 
+import asyncpg
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hookd.store import ClaimedDelivery, ClaimRequest
+from hookd.store.postgres import WORKER_SETTINGS
+from hookd.store.queries import load_queries
 from hookd.store.queue import allot
 from tests.conftest import Api, run_sql
 
@@ -279,3 +283,44 @@ async def test_a_claim_over_many_webhooks_takes_what_allot_takes(api: Api) -> No
     assert dict(taken) == expected
     assert set(expected) <= set(many) | set(few)
     assert 0 < sum(expected.values()) < 37, "the organizations' room binds, not the capacity"
+
+
+@pytest.mark.parametrize("engine", ["postgres"])
+async def test_worker_plans_reach_rows_through_indexes_whatever_the_statistics(api: Api) -> None:
+    """The workers keep one generic plan per statement, made from the statistics of the
+    moment. On a queue never analyzed (new, or autovacuum off) the tables look tiny, and
+    with PostgreSQL's defaults the claim's plan scans every delivery and event, on every
+    claim, for as long as the connection lives; the workers' settings rule that out."""
+    await hooks(api, 2)
+    await publish(api, 3)
+    query = load_queries("postgresql")["claim"]
+    driver: Any = api.store.driver
+    params = {
+        "now": api.store.clock(),
+        "capacity": 10,
+        "max_leased": 10,
+        "my_leased": 10,
+        "org_max": 100,
+        "org_mine": 100,
+        "mine": "x-",
+        "margin": 1000,
+        "token": "x-1",
+    }
+    args = ", ".join(
+        f"'{params[name]}'" if isinstance(params[name], str) else str(params[name])
+        for name in query.param_order
+    )
+
+    async def plan(settings: dict[str, str]) -> str:
+        conn = await asyncpg.connect(driver.dsn, server_settings=settings)
+        try:
+            await conn.execute(f"PREPARE claim_plan AS {query.positional_sql}")
+            found = await conn.fetch(f"EXPLAIN EXECUTE claim_plan({args})")
+            return "\n".join(row[0] for row in found)
+        finally:
+            await conn.close()
+
+    defaults = await plan({"plan_cache_mode": "force_generic_plan"})
+    assert "Seq Scan on deliveries" in defaults, "the statistics no longer mislead: rewrite this"
+    workers = await plan(WORKER_SETTINGS)
+    assert "Seq Scan" not in workers, workers

@@ -14,7 +14,7 @@ import asyncpg
 from hookd.errors import DatabaseUnavailable
 from hookd.store.queries import EventSink, Op, Published, Query, Statement, drive, load_queries
 
-__all__ = ["PostgresDriver"]
+__all__ = ["WORKER_SETTINGS", "PostgresDriver"]
 
 T = TypeVar("T")
 log = logging.getLogger("hookd.store")
@@ -25,6 +25,23 @@ EVENTS_CHANNEL = "hookd_events"
 _PAYLOAD_MAX = 7900
 # Every notification of a batch in one statement: the channels and payloads as arrays.
 _NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)"
+
+# The delivery workers' connections (Driver.work):
+# * synchronous_commit off: see Driver.work;
+# * one generic plan per statement: planning the claim afresh each time (what PostgreSQL
+#   chose for it) cost about 1.3 ms per claim, more than running it;
+# * no sequential scans, hash joins or merge joins: every worker statement reaches the few
+#   rows it names through an index. A generic plan is made once per connection, from the
+#   statistics of that moment; made while the queue was new (or where autovacuum is off and
+#   nothing analyzes it), they said the tables were tiny, and the plan scanned all of
+#   deliveries and events on every claim for as long as the connection lived: 1.4 ms for
+#   the leases and 7.4 ms for 8,764 deliveries per claim, growing with the table
+#   (bench/README.md, "PostgreSQL as users run it").
+WORKER_SETTINGS = {
+    "synchronous_commit": "off",
+    "plan_cache_mode": "force_generic_plan",
+    "enable_seqscan": "off",
+}
 
 # Errors that mean "the database is not there right now", as opposed to a bug in hookd.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -258,8 +275,7 @@ class PostgresDriver:
         Those connections do not wait for the disk at commit: if the server lost a worker's
         last statements in a crash, the deliveries they settled or leased are sent again
         (delivery is at least once), and no client was told anything about them. They also
-        keep one generic plan per statement: planning the claim afresh each time (what
-        PostgreSQL chose for it) cost about 1.3 ms per claim, more than running it.
+        keep one generic plan per statement, made of index look-ups (:data:`WORKER_SETTINGS`).
         """
         if self._worker_pool is None:
             try:
@@ -270,10 +286,7 @@ class PostgresDriver:
                     max_inactive_connection_lifetime=300,
                     command_timeout=60,
                     reset=_keep_session,
-                    server_settings={
-                        "synchronous_commit": "off",
-                        "plan_cache_mode": "force_generic_plan",
-                    },
+                    server_settings=WORKER_SETTINGS,
                 )
             except _UNAVAILABLE as exc:
                 raise DatabaseUnavailable(str(exc)) from exc
