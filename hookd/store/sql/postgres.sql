@@ -235,7 +235,10 @@ WITH locked AS (
                 :d_next_attempt_at::bigint[], :d_attempted_at::bigint[], :d_status_code::int[],
                 :d_status_message::text[])
          AS u(id, token, status, attempt_count, next_attempt_at, attempted_at, status_code, status_message)
-    WHERE d.id = u.id AND d.status = 'pending'
+    -- coalesce(): not a condition an index could answer, so that whatever the statistics
+    -- say, the plan finds each row by its key (a plan from a new queue's statistics walked
+    -- every pending delivery through ix_deliveries_webhook_status instead)
+    WHERE d.id = u.id AND coalesce(d.status, '') = 'pending'
       AND (d.lease_token = u.token
            -- the lease ran out while the outcome waited (the database was away) and no
            -- other worker has claimed it since: the outcome still stands
