@@ -382,3 +382,29 @@ def test_0008_drops_the_queue_tables_foreign_keys_and_keeps_their_rows(
         [("dl", "wh", "ev", "pending")],
         [("at", "dl")],
     )
+
+
+def test_0009_counts_each_organizations_webhooks(empty_database_url: str) -> None:
+    """Migration 0009 fills organizations.webhook_count from the webhooks not deleted."""
+    on_connection(
+        empty_database_url, lambda conn: _alembic(conn, lambda c: command.upgrade(c, "0008"))
+    )
+
+    def fill(conn: Connection) -> None:
+        for org in ("a", "b", "c"):
+            _row(conn, "organizations", id=org, name=org)
+        _row(conn, "webhooks", id="a1", organization_id="a", status="active")
+        _row(conn, "webhooks", id="a2", organization_id="a", status="paused")
+        _row(conn, "webhooks", id="a3", organization_id="a", status="active", deleted_at=5)
+        _row(conn, "webhooks", id="b1", organization_id="b", status="active", deleted_at=5)
+
+    on_connection(empty_database_url, fill)
+    upgrade(empty_database_url)
+    assert_at_head(empty_database_url)
+    counts = on_connection(
+        empty_database_url,
+        lambda conn: conn.execute(
+            text("SELECT id, webhook_count FROM organizations ORDER BY id")
+        ).all(),
+    )
+    assert [tuple(c) for c in counts] == [("a", 2), ("b", 0), ("c", 0)]

@@ -1099,6 +1099,25 @@ async def test_delete_frees_a_place_under_the_limit(api: Api) -> None:
     assert len(await list_all(api, key=key)) == 2
 
 
+async def test_a_webhook_deleted_twice_frees_one_place(api: Api) -> None:
+    """The organization keeps its count of webhooks (migration 0009): a second delete of
+    the same webhook (404) must not count it out again."""
+    key = await new_org(api, webhook_limit=2)
+    first = await api.create_webhook(key=key)
+    await api.create_webhook(key=key)
+    ok(await api.delete(path(first["id"]), key=key))
+    assert (await api.delete(path(first["id"]), key=key)).status_code == 404
+    ok(await api.post(WEBHOOKS, json=VALID, key=key))
+    assert_error(await api.post(WEBHOOKS, json=VALID, key=key), 400, "webhook_limit_reached")
+    deletes = await asyncio.gather(
+        *(api.delete(path(w["id"]), key=key) for w in await list_all(api, key=key) for _ in "ab")
+    )
+    assert sorted(r.status_code for r in deletes) == [200, 200, 404, 404]
+    for _ in range(2):
+        ok(await api.post(WEBHOOKS, json=VALID, key=key))
+    assert_error(await api.post(WEBHOOKS, json=VALID, key=key), 400, "webhook_limit_reached")
+
+
 # --------------------------------------------------------------------------------------
 # 5. Secret refresh
 # --------------------------------------------------------------------------------------

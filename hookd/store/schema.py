@@ -32,6 +32,9 @@ organizations = Table(
     Column("id", Text, primary_key=True),
     Column("name", Text, nullable=False, unique=True),
     Column("webhook_limit", Integer, nullable=False),
+    # Its webhooks that are not deleted (migration 0009), changed by each create and delete
+    # under the lock on this row, so that the limit is checked without counting them.
+    Column("webhook_count", Integer, nullable=False, server_default=text("0")),
     Column("default_version", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )

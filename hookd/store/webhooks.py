@@ -9,7 +9,7 @@ import orjson
 
 from hookd.errors import ApiError
 from hookd.ids import new_object_id
-from hookd.store.queries import Op, many, notify, one, rows, run, value
+from hookd.store.queries import Op, many, notify, one, rows, run
 from hookd.store.records import PreviousSecrets, Webhook, dump_previous_secrets, previous_secrets
 
 __all__ = [
@@ -51,7 +51,7 @@ def create_webhook(
 ) -> Op[Webhook]:
     """Create a webhook unless the organization is at its webhook limit."""
     org = yield one("org_lock", id=organization_id)
-    count = yield value("webhook_count", organization_id=organization_id)
+    count = org["webhook_count"]
     if count >= org["webhook_limit"]:
         raise ApiError(
             400,
@@ -75,6 +75,7 @@ def create_webhook(
         created_at=now,
         updated_at=now,
     )
+    yield run("webhook_count_add", organization_id=organization_id, delta=1)
     row = yield one("webhook_get", id=webhook_id, organization_id=organization_id)
     return Webhook.from_row(row)
 
@@ -136,8 +137,10 @@ def update_webhook(
 
 def delete_webhook(organization_id: str, webhook_id: str, now: int) -> Op[bool]:
     """Delete a webhook and cancel its pending deliveries; False if there is no such webhook."""
+    yield one("org_lock", id=organization_id)  # the count changes under the same lock
     deleted = yield run("webhook_delete", id=webhook_id, organization_id=organization_id, now=now)
     if deleted:
+        yield run("webhook_count_add", organization_id=organization_id, delta=-1)
         yield run("deliveries_cancel", webhook_id=webhook_id)
     return bool(deleted)
 

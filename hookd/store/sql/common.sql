@@ -21,7 +21,7 @@ SELECT id FROM organizations LIMIT 1;
 
 -- name: org_lock
 -- Serialises webhook creation within one organization (the webhook limit).
-SELECT id, webhook_limit FROM organizations WHERE id = :id;
+SELECT id, webhook_limit, webhook_count FROM organizations WHERE id = :id;
 
 -- name: state_insert_missing
 -- Two processes may create it at once: the first one's value stays.
@@ -70,8 +70,9 @@ SELECT * FROM webhooks WHERE id = :id AND organization_id = :organization_id AND
 -- name: webhook_get_locked
 SELECT * FROM webhooks WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL;
 
--- name: webhook_count
-SELECT count(*) FROM webhooks WHERE organization_id = :organization_id AND deleted_at IS NULL;
+-- name: webhook_count_add
+-- After a create (+1) or a delete (-1), under the lock on the organization's row.
+UPDATE organizations SET webhook_count = webhook_count + :delta WHERE id = :organization_id;
 
 -- name: webhook_list
 SELECT * FROM webhooks

@@ -2,7 +2,7 @@
 -- Lists are passed as arrays.
 
 -- name: org_lock
-SELECT id, webhook_limit FROM organizations WHERE id = :id FOR UPDATE;
+SELECT id, webhook_limit, webhook_count FROM organizations WHERE id = :id FOR UPDATE;
 
 -- name: webhook_get_locked
 SELECT * FROM webhooks WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL
