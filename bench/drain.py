@@ -496,44 +496,36 @@ def main(argv: list[str] | None = None) -> int:
         Result("baseline (raw aiohttp sender, same nginx)", median(bases), "req/s"),
     ]
     pg_results: list[Result] = []
+
+    def pg_figure(name: str, values: list[float], unit: str) -> None:
+        pg_results.append(Result(f"{label}: {name}", median(values), unit))
+
     if pg:
-        pg_results.append(
-            Result(
-                f"{label}: PG backend CPU per delivery",
-                median([r["db_backend_cpu_us_per_delivery"] for r in runs_out]),
-                "us",
-            )
+        pg_figure(
+            "PG backend CPU per delivery",
+            [r["db_backend_cpu_us_per_delivery"] for r in runs_out],
+            "us",
         )
         if cluster_kind == "prod":
-            pg_results.append(
-                Result(
-                    f"{label}: PG cluster CPU per delivery (all its processes)",
-                    median([r.get("pg_cluster_cpu_us_per_delivery", 0.0) for r in runs_out]),
-                    "us",
-                )
+            pg_figure(
+                "PG cluster CPU per delivery (all its processes)",
+                [r.get("pg_cluster_cpu_us_per_delivery", 0.0) for r in runs_out],
+                "us",
             )
         churns = [r["churn"] for r in runs_out if r.get("churn")]
         if churns:
-            pg_results.append(
-                Result(
-                    f"{label}: dead row versions made per delivery",
-                    median([c["dead_tuples_made_per_delivery"] for c in churns]),
-                    "rows",
-                )
+            pg_figure(
+                "dead row versions made per delivery",
+                [c["dead_tuples_made_per_delivery"] for c in churns],
+                "rows",
             )
             for table in ("deliveries", "webhooks"):
                 stats = [c["tables"][table] for c in churns if table in c["tables"]]
-                pg_results.append(
-                    Result(
-                        f"{label}: {table} updates per delivery",
-                        median([t["upd_per_delivery"] for t in stats]),
-                        "rows",
-                    )
+                pg_figure(
+                    f"{table} updates per delivery", [t["upd_per_delivery"] for t in stats], "rows"
                 )
                 hot = [100 * t["hot_share"] for t in stats if t["hot_share"] is not None]
-                pg_results.append(
-                    Result(f"{label}: {table} HOT share of updates", median(hot), "%")
-                )
+                pg_figure(f"{table} HOT share of updates", hot, "%")
         results[5:5] = pg_results
     print()
     print_table(
