@@ -2,7 +2,7 @@
 
 Before connecting, hookd resolves the webhook's host and judges every address
 the answer holds. It connects only to addresses it judged allowed, and it
-connects to exactly those addresses: the resolver hands aiohttp IP addresses,
+connects to exactly those addresses: the HTTP client is handed IP addresses,
 so nothing resolves the name a second time (no DNS-rebinding window).
 
 Refused (unless inside ``HOOKD_ALLOWED_NETWORKS``), with the phrase used in
@@ -61,15 +61,14 @@ the metadata address included), plus the IPv4-mapped rule above.
 IP literals are parsed the way the C library does (``inet_aton``: 1 to 4
 parts, each decimal, octal with a leading ``0`` or hex with ``0x``), so
 ``http://2130706433/``, ``http://0177.0.0.1/`` and ``http://0x7f.1/`` are all
-judged as ``127.0.0.1``, without asking DNS. A host that looks numeric to
-aiohttp but is not a valid address (``1.2.3.4.5``, ``127.0.0.1.``) is
-refused, because aiohttp would hand it to the socket layer unresolved.
-(aiohttp 3.14 itself rejects the non-canonical all-digit forms such as
-``2130706433`` with ``InvalidUrlClientError`` even when the guard allows them;
-hex forms reach the resolver and are delivered when allowed.)
+judged as ``127.0.0.1``, without asking DNS, and delivered to when allowed.
+A host that looks numeric but is not a valid address (``1.2.3.4.5``,
+``127.0.0.1.``) is refused: a socket library would hand it to the system's
+resolver, outside the guard.
 
-If a proxy is configured on the session, hookd connects to the proxy, so the
-guard judges the proxy's address; the target is then the proxy's business.
+hookd's HTTP client (:mod:`hookd.delivery.transport`) resolves every new
+connection's host through :meth:`AddressGuard.resolve` and connects to the
+addresses it returned, in order; it uses no proxy.
 """
 
 from __future__ import annotations
@@ -78,29 +77,19 @@ import ipaddress
 import socket
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from typing import Protocol, TypeAlias
 
 from hookd.delivery.resolver import LookupFailed, Resolver
 from hookd.errors import AddressRefused
 from hookd.settings import parse_network
 
-if TYPE_CHECKING:
-    from aiohttp.connector import Connection
-    from aiohttp.tracing import Trace
-
 __all__ = [
     "AddressGuard",
     "DnsBackend",
-    "GuardedConnector",
-    "GuardedResolver",
     "IPAddress",
     "IPNetwork",
     "StaticDnsBackend",
     "literal_address",
-    "make_connector",
     "parse_networks",
     "refusal_from",
 ]
@@ -211,8 +200,8 @@ def literal_address(host: str) -> IPAddress | None:
 
 
 def _looks_numeric(host: str) -> bool:
-    # The same test aiohttp uses to skip the resolver (helpers.is_ip_address):
-    # such a host goes straight to the socket layer, so it must parse or be refused.
+    # Digits and dots, or a colon: meant as an address, never a name for DNS, so it
+    # must parse as one or be refused (a socket library would pass it on unresolved).
     return ":" in host or host.replace(".", "").isdigit()
 
 
@@ -395,7 +384,7 @@ class AddressGuard:
         first refused address. A name that does not resolve raises
         :class:`socket.gaierror` ("Could not resolve host ..."), never
         :class:`AddressRefused`. ``family`` (``AF_INET``/``AF_INET6``) keeps
-        only answers of that family, as aiohttp's ``family=`` asks.
+        only answers of that family.
         """
         literal = literal_address(host)
         if literal is not None:
@@ -462,80 +451,11 @@ def _refusal_message(host: str, refused: list[tuple[IPAddress, str]], *, literal
     )
 
 
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that answers only with addresses the guard allows."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self.guard = guard
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve through the guard; raises :class:`AddressRefused` if nothing is allowed."""
-        addresses = await self.guard.resolve(host, port, family=family)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(ip),
-                port=port,
-                family=socket.AF_INET if ip.version == 4 else socket.AF_INET6,
-                proto=0,
-                # Numeric, so nothing downstream treats the address as a name again.
-                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            )
-            for ip in addresses
-        ]
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
-class GuardedConnector(aiohttp.TCPConnector):
-    """A :class:`aiohttp.TCPConnector` whose every connection goes through an :class:`AddressGuard`.
-
-    Host names go through :class:`GuardedResolver` (aiohttp's public resolver
-    hook), so aiohttp connects to the addresses the guard returned. aiohttp
-    skips the resolver for IP literals, so :meth:`connect` (public, the entry
-    point ``ClientSession`` calls) judges those first.
-    """
-
-    def __init__(self, guard: AddressGuard, **kwargs: Any) -> None:
-        super().__init__(resolver=GuardedResolver(guard), **kwargs)
-        self.guard = guard
-
-    # The parameter names are aiohttp's: ClientSession passes traces= and timeout= by keyword.
-    async def connect(
-        self,
-        req: aiohttp.ClientRequest,
-        traces: list[Trace],
-        timeout: aiohttp.ClientTimeout,
-    ) -> Connection:
-        """Judge an IP-literal host before aiohttp connects to it, then connect as usual."""
-        # Through a proxy, the proxy is what the socket connects to.
-        target = req.proxy if req.proxy is not None else req.url
-        if target.raw_host is not None:
-            self.guard.check_literal(target.raw_host)
-        return await super().connect(req, traces, timeout)
-
-
-def make_connector(guard: AddressGuard, **kwargs: Any) -> aiohttp.TCPConnector:
-    """An aiohttp connector that connects only to addresses ``guard`` allows.
-
-    ``kwargs`` go to :class:`aiohttp.TCPConnector` (except ``resolver``).
-    Call it with an event loop running, as aiohttp requires.
-    """
-    # Checked before the connector exists: a half-built aiohttp connector fails in __del__.
-    if "resolver" in kwargs:
-        raise TypeError("make_connector brings its own resolver; give the guard a DnsBackend")
-    return GuardedConnector(guard, **kwargs)
-
-
 def refusal_from(exc: BaseException) -> AddressRefused | None:
-    """The :class:`AddressRefused` behind ``exc`` (raised by ``session.post(...)``), if any.
+    """The :class:`AddressRefused` behind ``exc`` (raised by an attempt), if any.
 
     Looks at ``exc`` itself, then what it wraps: ``__cause__``, an unsuppressed
-    ``__context__``, exception-group members and aiohttp's
-    ``ClientConnectorError.os_error``.
+    ``__context__`` and exception-group members.
     """
     queue: deque[BaseException] = deque([exc])
     seen: set[int] = set()
@@ -546,8 +466,6 @@ def refusal_from(exc: BaseException) -> AddressRefused | None:
         seen.add(id(current))
         if isinstance(current, AddressRefused):
             return current
-        if isinstance(current, aiohttp.ClientConnectorError):
-            queue.append(current.os_error)
         if isinstance(current, BaseExceptionGroup):
             queue.extend(current.exceptions)
         if current.__cause__ is not None:

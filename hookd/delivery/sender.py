@@ -1,20 +1,14 @@
-"""Sending one attempt: the signed POST over a shared aiohttp session (SPEC §5).
+"""Sending one attempt: the signed POST over hookd's pooled HTTP/1.1 client (SPEC §5).
 
-One session with keep-alive serves every attempt. Redirects are not followed, at most
-4 KiB of a response body is read, and every connection goes through the address guard.
+Connections are kept alive and shared by every attempt (:mod:`hookd.delivery.transport`).
+Redirects are not followed, at most 4 KiB of a response body is kept, and every connection
+goes through the address guard.
 
 An attempt runs under one deadline, ``timeoutMs`` after it starts, that covers DNS,
-connect, TLS, the request and the whole response: ``asyncio.timeout_at`` rather than
-aiohttp's ``ClientTimeout(total)``, which rounds timeouts above 5 s up to the next second
-(``timeoutMs: 5500`` fired at 6 s). The deadline reaches the resolver through
-:data:`~hookd.delivery.resolver.attempt_budget`, so that a lookup never outlives its attempt
-and an attempt that ran out of time while resolving says so.
-
-TLS connections are closed without waiting for the receiver's TLS shutdown (its
-``close_notify``): the event loop's graceful close waits up to 30 s for it, and a receiver
-that never sends it kept a socket open that long after every attempt, so one tenant could
-run hookd out of file descriptors. A TLS connection that is closed is aborted instead,
-as aiohttp itself does when its connector closes.
+connect, TLS, the request and the whole response (``asyncio.timeout_at``). The deadline
+reaches the resolver through :data:`~hookd.delivery.resolver.attempt_budget`, so that a
+lookup never outlives its attempt and an attempt that ran out of time while resolving says
+so.
 """
 
 from __future__ import annotations
@@ -24,18 +18,17 @@ import functools
 import http
 import math
 import re
+import socket
 import ssl
 import time
-from typing import cast
 
-import aiohttp
 import yarl
-from aiohttp.client_proto import ResponseHandler
 
 from hookd.clock import Clock, system_clock
 from hookd.delivery.envelope import USER_AGENT, build_body, request_headers
-from hookd.delivery.guard import AddressGuard, make_connector, refusal_from
+from hookd.delivery.guard import AddressGuard, refusal_from
 from hookd.delivery.resolver import AttemptBudget, LookupFailed, attempt_budget
+from hookd.delivery.transport import BadResponse, ConnectFailed, HttpTransport, ServerDisconnected
 from hookd.store.records import ClaimedDelivery, live_secrets, record
 
 __all__ = ["MAX_RESPONSE_BODY", "USER_AGENT", "AttemptResult", "Sender"]
@@ -87,18 +80,6 @@ def _url(url: str) -> yarl.URL:
     return yarl.URL(url)
 
 
-class _TlsAbortingHandler(ResponseHandler):
-    """aiohttp's protocol, except that closing a TLS connection aborts it: no waiting for
-    the peer's ``close_notify`` (see the module docstring). Plain TCP closes as usual."""
-
-    def close(self) -> None:
-        transport = self.transport
-        if transport is not None and transport.get_extra_info("ssl_object") is not None:
-            self.abort()
-            return
-        super().close()
-
-
 _THROTTLED = frozenset({429, 503})
 
 
@@ -126,29 +107,15 @@ def _reason(status: int, reason: str | None) -> str:
         return f"HTTP {status}"
 
 
-async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
 def _failure_kind(exc: BaseException) -> str:
     """The ``outcome`` of an attempt that got no response (see :attr:`AttemptResult.outcome`)."""
     if refusal_from(exc) is not None:
         return "refused"
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError | LookupFailed):
+    if isinstance(exc, LookupFailed | socket.gaierror):
         return "dns"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return "tls"
-    if isinstance(exc, ssl.SSLError):
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return "tls"
     return "connect"
 
@@ -158,9 +125,8 @@ def _dns_retry_after(exc: BaseException) -> str | None:
     ``Retry-After`` value: the next attempt waits at least that long, since one before would
     fail the same way without asking (a black-holed name's deliveries then cost one attempt
     per cached failure, not one per retry of a short schedule)."""
-    lookup = exc.os_error if isinstance(exc, aiohttp.ClientConnectorDNSError) else exc
-    if isinstance(lookup, LookupFailed) and lookup.retry_in is not None:
-        return str(max(1, math.ceil(lookup.retry_in)))
+    if isinstance(exc, LookupFailed) and exc.retry_in is not None:
+        return str(max(1, math.ceil(exc.retry_in)))
     return None
 
 
@@ -168,23 +134,25 @@ def _failure_message(exc: BaseException, timeout_ms: int) -> str:
     refused = refusal_from(exc)
     if refused is not None:
         return str(refused)
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, asyncio.TimeoutError):
         return f"Timed out after {timeout_ms} ms"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        if isinstance(exc.os_error, LookupFailed):
-            return str(exc.os_error)
-        return f"Could not resolve host {exc.host}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate error: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+    if isinstance(exc, LookupFailed):
+        return str(exc)
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate error: {exc.verify_message or exc.reason or exc}"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return f"TLS error: {exc}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return f"Connection failed: {exc.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, ServerDisconnected):
         return "The server closed the connection without answering"
-    if isinstance(exc, aiohttp.InvalidURL):
-        return f"Invalid URL: {exc}"
-    if isinstance(exc, aiohttp.ClientError | OSError):
+    if isinstance(exc, BadResponse):
+        return f"Request failed: {exc}"
+    if isinstance(exc, ValueError):
+        return f"Invalid request: {exc}"
+    if isinstance(exc, OSError):
         return f"Request failed: {type(exc).__name__}: {exc}".rstrip(": ")
     return f"Request failed: {type(exc).__name__}"
 
@@ -205,43 +173,27 @@ class Sender:
         self.clock = clock
         # None: the system's certificate authorities (tests pass one trusting their own).
         self.ssl_context = ssl_context
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: HttpTransport | None = None
 
     async def start(self) -> None:
-        connector = make_connector(
+        self._transport = HttpTransport(
             self.guard,
             limit=self.max_connections,
-            limit_per_host=0,
-            # The guard's resolver caches answers itself, per TTL (hookd/delivery/resolver.py).
-            use_dns_cache=False,
-            keepalive_timeout=30,
-            enable_cleanup_closed=False,
-            ssl=self.ssl_context if self.ssl_context is not None else True,
-        )
-        # aiohttp has no public hook for the protocol class; its connectors build every
-        # connection's protocol with this factory.
-        connector._factory = cast(
-            "functools.partial[ResponseHandler]",
-            functools.partial(_TlsAbortingHandler, loop=asyncio.get_running_loop()),
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            # hookd sends exactly the headers of SPEC §5 (plus the webhook's own).
-            skip_auto_headers=("Accept", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(total=None),
+            keepalive=30.0,
+            max_body=MAX_RESPONSE_BODY,
+            ssl_context=self.ssl_context,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
         await self.guard.close()
 
     async def send(self, claimed: ClaimedDelivery) -> AttemptResult:
         """Make the next attempt of ``claimed``; never raises for the receiver's faults."""
-        assert self._session is not None, "sender not started"
+        transport = self._transport
+        assert transport is not None, "sender not started"
         body = build_body(claimed)
         now = self.clock()
         headers = request_headers(
@@ -259,16 +211,12 @@ class Sender:
         budget = AttemptBudget(asyncio.get_running_loop().time() + timeout_ms / 1000)
         context = attempt_budget.set(budget)
         try:
-            async with (
-                asyncio.timeout_at(budget.deadline),
-                self._session.post(
-                    _url(claimed.url), data=body, headers=headers, allow_redirects=False
-                ) as response,
-            ):
-                kept = await _read_capped(response.content, MAX_RESPONSE_BODY)
-                status = response.status
-                reason = response.reason
-                retry_after = response.headers.get("Retry-After") if status in _THROTTLED else None
+            async with asyncio.timeout_at(budget.deadline):
+                response = await transport.post(_url(claimed.url), headers, body)
+            status = response.status
+            reason = response.reason
+            kept = response.body
+            retry_after = response.retry_after if status in _THROTTLED else None
         except TimeoutError:
             failure = "timeout"
             if budget.resolving is not None:

@@ -1,0 +1,348 @@
+"""hookd's HTTP/1.1 client for attempts (hookd.delivery.transport), against raw TCP servers
+on 127.0.0.1 that answer byte for byte what each test needs: keep-alive and its end, the
+receiver closing an idle connection, capped and endless bodies, bodies that end with the
+connection, 1xx answers, broken answers, the connection limit and idle expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from hookd.delivery.guard import AddressGuard, parse_networks
+from hookd.delivery.sender import Sender
+from hookd.delivery.transport import BadResponse, HttpTransport, ServerDisconnected
+from tests.test_isolation import _claimed
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@dataclass
+class Seen:
+    """What the server saw: each request's head and body, per connection in order."""
+
+    connections: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
+    open_now: int = 0
+    most_open: int = 0
+    closed_by_client: int = 0
+    client_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def requests(self) -> list[tuple[bytes, bytes]]:
+        return [r for conn in self.connections for r in conn]
+
+
+Answer = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[bool]]
+"""Writes the answer to request ``n`` (0-based, on its connection); False closes it."""
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length)
+
+
+@asynccontextmanager
+async def raw_server(answer: Answer) -> AsyncIterator[tuple[URL, Seen]]:
+    seen = Seen()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        mine: list[tuple[bytes, bytes]] = []
+        seen.connections.append(mine)
+        seen.open_now += 1
+        seen.most_open = max(seen.most_open, seen.open_now)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    seen.closed_by_client += 1
+                    seen.client_closed.set()
+                    return
+                mine.append(request)
+                if not await answer(len(mine) - 1, request[0], writer):
+                    return
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            seen.open_now -= 1
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield URL(f"http://127.0.0.1:{port}/hook?x=1"), seen
+    finally:
+        server.close()
+
+
+def transport(**kwargs: Any) -> HttpTransport:
+    return HttpTransport(AddressGuard(parse_networks("127.0.0.0/8")), **kwargs)
+
+
+async def always_ok(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(OK)
+    return True
+
+
+async def test_keeps_one_connection_alive_and_sends_exactly_the_request() -> None:
+    async with raw_server(always_ok) as (url, seen):
+        client = transport()
+        try:
+            for n in range(20):
+                response = await client.post(url, {"X-Test": str(n)}, b'{"n":%d}' % n)
+                assert (response.status, response.reason, response.body) == (200, "OK", b"ok")
+        finally:
+            await client.close()
+    assert len(seen.connections) == 1, "every request on one kept-alive connection"
+    head, body = seen.requests[3]
+    port = url.port
+    assert port is not None
+    assert head == (
+        b"POST /hook?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 7\r\n"
+        b"X-Test: 3\r\n\r\n" % port
+    )
+    assert body == b'{"n":3}'
+
+
+async def test_connection_close_is_honoured() -> None:
+    async def closing(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        return True  # the client must be the one to stop using it
+
+    async with raw_server(closing) as (url, seen):
+        client = transport()
+        try:
+            for _ in range(3):
+                assert (await client.post(url, {}, b"x")).status == 204
+            assert client.open_connections == 0
+        finally:
+            await client.close()
+    assert [len(c) for c in seen.connections] == [1, 1, 1]
+
+
+async def test_an_idle_connection_the_receiver_dropped_is_retried_once_on_a_new_one() -> None:
+    async def drops_second(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if n == 1:
+            return False  # closes without answering, as a server ending an idle connection
+        writer.write(OK)
+        return True
+
+    async with raw_server(drops_second) as (url, seen):
+        client = transport()
+        try:
+            assert (await client.post(url, {}, b"1")).status == 200
+            assert (await client.post(url, {}, b"2")).status == 200
+        finally:
+            await client.close()
+    assert [[b for _, b in c] for c in seen.connections] == [[b"1", b"2"], [b"2"]]
+
+
+async def test_a_new_connection_that_ends_without_an_answer_is_an_error() -> None:
+    async def never(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async with raw_server(never) as (url, seen):
+        client = transport()
+        try:
+            with pytest.raises(ServerDisconnected):
+                await client.post(url, {}, b"x")
+            assert client.open_connections == 0
+        finally:
+            await client.close()
+    assert len(seen.requests) == 1, "no retry on a connection made for the request"
+
+
+async def test_a_long_body_is_cut_at_the_cap_and_its_connection_closed() -> None:
+    async def big(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 1_000_000)
+        return True
+
+    async with raw_server(big) as (url, seen):
+        client = transport(max_body=4096)
+        try:
+            response = await client.post(url, {}, b"x")
+            assert (response.status, response.reason, response.body) == (500, "Oops", b"a" * 4096)
+            await client.post(url, {}, b"x")
+        finally:
+            await client.close()
+    assert len(seen.connections) == 2, "a connection with unread body is not reused"
+
+
+async def test_an_endless_body_ends_the_attempt_at_the_cap() -> None:
+    async def endless(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(b"400\r\n" + b"b" * 1024 + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    async with raw_server(endless) as (url, _):
+        client = transport(max_body=4096)
+        try:
+            async with asyncio.timeout(5):
+                response = await client.post(url, {}, b"x")
+            assert response.status == 200 and response.body == b"b" * 4096
+            assert client.open_connections == 0
+        finally:
+            await client.close()
+
+
+async def test_a_body_that_ends_with_the_connection() -> None:
+    async def until_close(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.0 202 Accepted\r\n\r\nall of it")
+        return False
+
+    async with raw_server(until_close) as (url, _):
+        client = transport()
+        try:
+            response = await client.post(url, {}, b"x")
+        finally:
+            await client.close()
+    assert (response.status, response.body) == (202, b"all of it")
+
+
+async def test_chunked_body_and_informational_answers() -> None:
+    async def chunked(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 429 Too Many\r\nRetry-After: 120\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
+        return True
+
+    async with raw_server(chunked) as (url, seen):
+        client = transport()
+        try:
+            first = await client.post(url, {}, b"x")
+            second = await client.post(url, {}, b"y")
+        finally:
+            await client.close()
+    assert (first.status, first.reason, first.retry_after, first.body) == (
+        429,
+        "Too Many",
+        "120",
+        b"abcde",
+    )
+    assert second.status == 429 and len(seen.connections) == 1
+
+
+async def test_an_answer_that_is_not_http_is_a_bad_response() -> None:
+    async def garbage(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        return True
+
+    async with raw_server(garbage) as (url, _):
+        client = transport()
+        try:
+            with pytest.raises(BadResponse, match="invalid HTTP response"):
+                await client.post(url, {}, b"x")
+            assert client.open_connections == 0
+        finally:
+            await client.close()
+
+
+async def test_no_more_connections_than_the_limit() -> None:
+    async def slow(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.1)
+        writer.write(OK)
+        return True
+
+    async with raw_server(slow) as (url, seen):
+        client = transport(limit=2)
+        try:
+            results = await asyncio.gather(*(client.post(url, {}, b"x") for _ in range(7)))
+        finally:
+            await client.close()
+    assert [r.status for r in results] == [200] * 7
+    assert seen.most_open == 2 and len(seen.requests) == 7
+
+
+async def test_the_limit_closes_an_idle_connection_to_another_host() -> None:
+    async with raw_server(always_ok) as (one, seen_one), raw_server(always_ok) as (two, _):
+        client = transport(limit=1)
+        try:
+            await client.post(one, {}, b"x")
+            await client.post(two, {}, b"x")
+            assert client.open_connections == 1
+        finally:
+            await client.close()
+        await asyncio.wait_for(seen_one.client_closed.wait(), 2)
+    assert seen_one.closed_by_client == 1
+
+
+async def test_idle_connections_expire() -> None:
+    async with raw_server(always_ok) as (url, seen):
+        client = transport(keepalive=0.2)
+        try:
+            await client.post(url, {}, b"x")
+            assert client.open_connections == 1
+            await asyncio.wait_for(seen.client_closed.wait(), 3)
+            assert client.open_connections == 0
+        finally:
+            await client.close()
+    assert seen.closed_by_client == 1
+
+
+async def test_a_timed_out_request_closes_its_connection() -> None:
+    async def mute(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async with raw_server(mute) as (url, _):
+        client = transport()
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await client.post(url, {}, b"x")
+            assert client.open_connections == 0
+        finally:
+            await client.close()
+
+
+@pytest.mark.parametrize("bad", [("X-A", "1\r\nX-B: 2"), ("X-A\nX-B", "1"), ("X-A", "1\0")])
+async def test_a_header_that_would_split_the_request_is_refused(bad: tuple[str, str]) -> None:
+    async with raw_server(always_ok) as (url, seen):
+        client = transport()
+        try:
+            with pytest.raises(ValueError, match="line break or NUL"):
+                await client.post(url, dict([bad]), b"x")
+        finally:
+            await client.close()
+    assert seen.requests == []
+
+
+async def test_the_senders_messages_for_what_the_client_raises() -> None:
+    async def never(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async def garbage(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"nonsense\r\n\r\n")
+        return True
+
+    sender = Sender(AddressGuard(parse_networks("127.0.0.0/8")))
+    await sender.start()
+    try:
+        async with raw_server(never) as (url, _):
+            dropped = await sender.send(_claimed(str(url), 2000))
+        async with raw_server(garbage) as (url, _):
+            broken = await sender.send(_claimed(str(url), 2000))
+        refused = await sender.send(_claimed(f"http://127.0.0.1:{url.port}/", 2000))
+    finally:
+        await sender.close()
+    assert dropped.message == "The server closed the connection without answering"
+    assert dropped.outcome == "connect"
+    assert broken.message.startswith("Request failed: invalid HTTP response")
+    assert refused.message.startswith("Connection failed: ") and refused.outcome == "connect"
