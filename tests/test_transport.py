@@ -6,17 +6,23 @@ connection, 1xx answers, broken answers, the connection limit and idle expiry.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from yarl import URL
 
-from hookd.delivery.guard import AddressGuard, parse_networks
+from hookd.delivery.guard import AddressGuard, StaticDnsBackend, parse_networks
 from hookd.delivery.sender import Sender
-from hookd.delivery.transport import BadResponse, HttpTransport, ServerDisconnected
+from hookd.delivery.transport import (
+    BadResponse,
+    ConnectFailed,
+    HttpTransport,
+    ServerDisconnected,
+)
 from tests.test_isolation import _claimed
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -346,3 +352,76 @@ async def test_the_senders_messages_for_what_the_client_raises() -> None:
     assert dropped.outcome == "connect"
     assert broken.message.startswith("Request failed: invalid HTTP response")
     assert refused.message.startswith("Connection failed: ") and refused.outcome == "connect"
+
+
+@contextmanager
+def hanging_address() -> Iterator[int]:
+    """A port on 127.0.0.3 where connecting hangs: a listener whose backlog is full (the
+    kernel drops further SYNs), as an unreachable route does."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.3", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with suppress(BlockingIOError):
+            filler.connect(("127.0.0.3", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+def transport_resolving(answers: list[str], **kwargs: Any) -> HttpTransport:
+    dns = StaticDnsBackend({"two.test": answers})
+    return HttpTransport(AddressGuard(parse_networks("127.0.0.0/8"), dns=dns), **kwargs)
+
+
+async def test_an_address_that_refuses_gives_way_to_the_next() -> None:
+    async with raw_server(always_ok) as (url, seen):
+        client = transport_resolving(["127.0.0.2", "127.0.0.1"])
+        try:
+            response = await client.post(url.with_host("two.test"), {}, b"x")
+        finally:
+            await client.close()
+    assert response.status == 200 and len(seen.connections) == 1
+    assert seen.requests[0][0].startswith(b"POST /hook?x=1 HTTP/1.1\r\nHost: two.test:")
+
+
+async def test_every_address_refusing_is_a_failed_connection() -> None:
+    client = transport_resolving(["127.0.0.2", "127.0.0.4"])
+    try:
+        with pytest.raises(ConnectFailed) as failed:
+            await client.post(URL("http://two.test:9/"), {}, b"x")
+    finally:
+        await client.close()
+    assert failed.value.host == "two.test" and client.open_connections == 0
+
+
+async def test_an_address_that_never_answers_costs_a_quarter_second() -> None:
+    loop = asyncio.get_running_loop()
+    with hanging_address() as port, socket.socket() as listener:
+        # The second address listens on the same port, on 127.0.0.1.
+        listener.bind(("127.0.0.1", port))
+        listener.listen(8)
+        listener.setblocking(False)
+        client = transport_resolving(["127.0.0.3", "127.0.0.1"])
+        try:
+            async with asyncio.timeout(3):
+                started = loop.time()
+                sending = asyncio.ensure_future(
+                    client.post(URL(f"http://two.test:{port}/"), {}, b"x")
+                )
+                accepted, _ = await loop.sock_accept(listener)
+                elapsed = loop.time() - started
+                accepted.close()  # no answer: the attempt fails, which is not the point
+                with pytest.raises(ServerDisconnected):
+                    await sending
+        finally:
+            await client.close()
+    assert 0.2 <= elapsed < 1.0, f"the second address started after {elapsed:.2f} s"
+    assert client.open_connections == 0
