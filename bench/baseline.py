@@ -17,6 +17,7 @@ Command line::
     python bench/baseline.py                      # 20,000 requests, 64 connections, nginx
     python bench/baseline.py --receiver python --runs 3
     python bench/baseline.py --smoke              # 500 requests, for CI; exits 1 on failure
+    python bench/baseline.py --client hookd       # the same sender on hookd's delivery client
 """
 
 from __future__ import annotations
@@ -99,8 +100,13 @@ async def baseline(
     warmup: int | None = None,
     max_seconds: float = DEFAULT_MAX_SECONDS,
     request_timeout: float = 30.0,
+    client: str = "aiohttp",
 ) -> dict[str, Any]:
     """Send *total* signed POSTs to *url* over *connections* connections; return figures.
+
+    *client* ``"aiohttp"`` (the baseline) or ``"hookd"``: hookd's own delivery client
+    (:class:`hookd.delivery.transport.HttpTransport`, keep-alive pool of *connections*,
+    the guard allowing loopback) doing the same work, to see what that client costs alone.
 
     The first *warmup* requests (default: two per connection, so every connection is open)
     are sent before the clock starts and are not counted. The timed loop stops early after
@@ -129,9 +135,8 @@ async def baseline(
     wall = time.time
     deadline = 0.0
 
-    async def worker(session: aiohttp.ClientSession, record: bool) -> None:
+    async def worker(post: Any, record: bool) -> None:
         nonlocal counter
-        post = session.post
         while counter < stop_at:
             n = counter
             counter += 1
@@ -151,9 +156,7 @@ async def baseline(
             }
             started = perf()
             try:
-                async with post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    status = resp.status
+                status = await post(body, headers)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 key = type(exc).__name__
                 errors[key] = errors.get(key, 0) + 1
@@ -162,22 +165,50 @@ async def baseline(
                 latencies.append(perf() - started)
                 statuses[status] = statuses.get(status, 0) + 1
 
-    connector = aiohttp.TCPConnector(limit=connections)
-    client_timeout = aiohttp.ClientTimeout(total=request_timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+    async def timed(post: Any) -> tuple[float, float]:
+        nonlocal counter, stop_at, deadline
         if warmup:
             stop_at = warmup
             deadline = perf() + max_seconds
-            await asyncio.gather(*(worker(session, False) for _ in range(connections)))
+            await asyncio.gather(*(worker(post, False) for _ in range(connections)))
             errors.clear()
         counter = 0
         stop_at = total
         cpu_before = cpu_seconds()
         started = perf()
         deadline = started + max_seconds
-        await asyncio.gather(*(worker(session, True) for _ in range(connections)))
-        elapsed = perf() - started
-        cpu_used = cpu_seconds() - cpu_before
+        await asyncio.gather(*(worker(post, True) for _ in range(connections)))
+        return perf() - started, cpu_seconds() - cpu_before
+
+    if client == "hookd":
+        from yarl import URL
+
+        from hookd.delivery.guard import AddressGuard, parse_networks
+        from hookd.delivery.transport import HttpTransport
+
+        transport = HttpTransport(AddressGuard(parse_networks("127.0.0.0/8")), limit=connections)
+        target = URL(url)
+
+        async def post_hookd(body: bytes, headers: dict[str, str]) -> int:
+            async with asyncio.timeout(request_timeout):
+                return (await transport.post(target, headers, body)).status
+
+        try:
+            elapsed, cpu_used = await timed(post_hookd)
+        finally:
+            await transport.close()
+    else:
+        connector = aiohttp.TCPConnector(limit=connections)
+        client_timeout = aiohttp.ClientTimeout(total=request_timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+            session_post = session.post
+
+            async def post_aiohttp(body: bytes, headers: dict[str, str]) -> int:
+                async with session_post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    return resp.status
+
+            elapsed, cpu_used = await timed(post_aiohttp)
 
     done = sum(statuses.values())
     ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
@@ -185,6 +216,7 @@ async def baseline(
     lat_ms = [x * 1000.0 for x in latencies]
     return {
         "url": url,
+        "client": client,
         "total": total,
         "connections": connections,
         "warmup": warmup,
@@ -295,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", default="1", help="nginx worker_processes: a number or 'auto' (default 1)"
     )
     parser.add_argument("--url", help="use this running loopback receiver instead")
+    parser.add_argument(
+        "--client",
+        choices=["aiohttp", "hookd"],
+        default="aiohttp",
+        help="aiohttp (the baseline) or hookd's own delivery client, doing the same work",
+    )
     parser.add_argument("--runs", type=int, default=1, help="repeat the measurement N times")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS)
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_TOTAL} requests, checked")
@@ -326,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(runs):
             recv_cpu = receiver.cpu_seconds() if receiver else 0.0
             sent_before = receiver.request_count() if receiver else 0
-            result = run_baseline(url, total, args.connections, max_seconds=max_seconds)
+            result = run_baseline(
+                url, total, args.connections, max_seconds=max_seconds, client=args.client
+            )
             if receiver is not None:
                 result["receiver"] = receiver.kind
                 result["receiver_workers"] = workers if receiver.kind == "nginx" else 1
