@@ -245,6 +245,23 @@ async def test_chunked_body_and_informational_answers() -> None:
     assert second.status == 429 and len(seen.connections) == 1
 
 
+async def test_bytes_after_the_answer_spoil_the_connection() -> None:
+    async def two_answers(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        # An answer to a request not yet made: the next request must not read it as its own.
+        writer.write(OK + b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    async with raw_server(two_answers) as (url, seen):
+        client = transport()
+        try:
+            first = await client.post(url, {}, b"1")
+            second = await client.post(url, {}, b"2")
+        finally:
+            await client.close()
+    assert (first.status, second.status) == (200, 200)
+    assert len(seen.connections) == 2
+
+
 async def test_an_answer_that_is_not_http_is_a_bad_response() -> None:
     async def garbage(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")

@@ -95,6 +95,8 @@ class _Connection(asyncio.Protocol):
         self.used = 0  # requests made on it
         self.idle_since = 0.0
         self.waiter: asyncio.Future[Response] | None = None
+        # Bytes beyond the answer arrived with it: the connection cannot be used again.
+        self.spoiled = False
         self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
@@ -107,6 +109,7 @@ class _Connection(asyncio.Protocol):
         self._got_data = False
         self._headers_done = False
         self._informational = False
+        self._answered = False
         self.keep_alive = False
 
     # asyncio.Protocol
@@ -142,6 +145,10 @@ class _Connection(asyncio.Protocol):
         waiter.set_exception(ServerDisconnected())
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._answered:
+            self.spoiled = True
 
     def on_status(self, status: bytes) -> None:
         self._reason.append(status)
@@ -181,6 +188,7 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
+        self._answered = True
         reason = b"".join(self._reason).decode("utf-8", "surrogateescape")
         retry_after = self._retry_after
         body = b"".join(self._chunks)
@@ -275,7 +283,7 @@ class HttpTransport:
         except BaseException:
             conn.close()
             raise
-        if conn.keep_alive and conn._size <= self.max_body and not conn.closed:
+        if conn.keep_alive and conn._size <= self.max_body and not conn.closed and not conn.spoiled:
             self._release(conn)
         else:
             conn.close()
@@ -285,7 +293,8 @@ class HttpTransport:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            transport = conn.transport
+            if not conn.closed and transport is not None and not transport.is_closing():
                 if time.monotonic() - conn.idle_since < self.keepalive:
                     return conn
                 conn.close()
