@@ -262,6 +262,25 @@ async def test_bytes_after_the_answer_spoil_the_connection() -> None:
     assert len(seen.connections) == 2
 
 
+async def test_endless_headers_end_the_attempt() -> None:
+    async def endless(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+        while True:
+            writer.write(b"a" * 4096)
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    async with raw_server(endless) as (url, _):
+        client = transport()
+        try:
+            async with asyncio.timeout(5):
+                with pytest.raises(BadResponse, match="headers exceed 65536 bytes"):
+                    await client.post(url, {}, b"x")
+            assert client.open_connections == 0
+        finally:
+            await client.close()
+
+
 async def test_an_answer_that_is_not_http_is_a_bad_response() -> None:
     async def garbage(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")

@@ -23,7 +23,8 @@ What it does, and nothing more:
   came back) is retried once on a new connection: the receiver saw nothing, or at most a
   request it will see again anyway (delivery is at least once).
 * Redirects are never followed (the caller records a 3xx as such); at most ``max_body``
-  bytes of a response body are kept.
+  bytes of a response body are kept, and at most ``MAX_HEAD`` bytes of status line and
+  headers are accepted.
 * TLS connections are aborted rather than closed: waiting for the receiver's
   ``close_notify`` held a socket up to 30 s after every attempt, so one tenant could run
   hookd out of file descriptors.
@@ -45,9 +46,18 @@ import yarl
 
 from hookd.delivery.guard import AddressGuard
 
-__all__ = ["BadResponse", "ConnectFailed", "HttpTransport", "Response", "ServerDisconnected"]
+__all__ = [
+    "MAX_HEAD",
+    "BadResponse",
+    "ConnectFailed",
+    "HttpTransport",
+    "Response",
+    "ServerDisconnected",
+]
 
 _Key = tuple[str, str, int]  # scheme, host (as sent: IDNA-encoded), port
+# The most a status line and headers may take (aiohttp's default limits allow 8 KiB a line).
+MAX_HEAD = 65536
 # How long a connection attempt runs alone before the next address starts beside it.
 _STAGGER = 0.25
 
@@ -107,6 +117,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self._got_data = False
+        self._head_size = 0
         self._headers_done = False
         self._informational = False
         self._answered = False
@@ -127,8 +138,16 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("the receiver switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"invalid HTTP response: {exc}"))
+            return
+        if not self._headers_done:
+            # The parser keeps a status line and headers whole until they end: bound them,
+            # or a receiver could send one endless header until the attempt's deadline.
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                self._fail(BadResponse(f"the answer's headers exceed {MAX_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
