@@ -21,24 +21,12 @@ from typing import Any, NoReturn
 import asyncpg
 import httpx
 import pytest
-import uvloop
 
 from hookd.api import create_app
 from hookd.settings import DEFAULT_API_VERSION, Settings, load_settings
 from hookd.store import Store, open_driver
 from hookd.store.migrate import upgrade
 from tests.receiver import Receiver
-
-# Modules whose tests run on both event loops: hookd runs on uvloop, whose transports
-# differ from asyncio's in the details its own HTTP client relies on.
-_BOTH_LOOPS = frozenset({"test_transport.py"})
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Any:
-    if item.path.name in _BOTH_LOOPS:
-        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-    return None
-
 
 ADMIN_DSN = os.environ.get("HOOKD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 ENGINES = ["sqlite", "postgres"]
