@@ -97,20 +97,25 @@ def transport(**kwargs: Any) -> HttpTransport:
     return HttpTransport(AddressGuard(parse_networks("127.0.0.0/8")), **kwargs)
 
 
+@asynccontextmanager
+async def used(client: HttpTransport) -> AsyncIterator[HttpTransport]:
+    """``client``, closed on the way out."""
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 async def always_ok(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
     writer.write(OK)
     return True
 
 
 async def test_keeps_one_connection_alive_and_sends_exactly_the_request() -> None:
-    async with raw_server(always_ok) as (url, seen):
-        client = transport()
-        try:
-            for n in range(20):
-                response = await client.post(url, {"X-Test": str(n)}, b'{"n":%d}' % n)
-                assert (response.status, response.reason, response.body) == (200, "OK", b"ok")
-        finally:
-            await client.close()
+    async with raw_server(always_ok) as (url, seen), used(transport()) as client:
+        for n in range(20):
+            response = await client.post(url, {"X-Test": str(n)}, b'{"n":%d}' % n)
+            assert (response.status, response.reason, response.body) == (200, "OK", b"ok")
     assert len(seen.connections) == 1, "every request on one kept-alive connection"
     head, body = seen.requests[3]
     port = url.port
@@ -127,14 +132,10 @@ async def test_connection_close_is_honoured() -> None:
         writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
         return True  # the client must be the one to stop using it
 
-    async with raw_server(closing) as (url, seen):
-        client = transport()
-        try:
-            for _ in range(3):
-                assert (await client.post(url, {}, b"x")).status == 204
-            assert client.open_connections == 0
-        finally:
-            await client.close()
+    async with raw_server(closing) as (url, seen), used(transport()) as client:
+        for _ in range(3):
+            assert (await client.post(url, {}, b"x")).status == 204
+        assert client.open_connections == 0
     assert [len(c) for c in seen.connections] == [1, 1, 1]
 
 
@@ -145,13 +146,9 @@ async def test_an_idle_connection_the_receiver_dropped_is_retried_once_on_a_new_
         writer.write(OK)
         return True
 
-    async with raw_server(drops_second) as (url, seen):
-        client = transport()
-        try:
-            assert (await client.post(url, {}, b"1")).status == 200
-            assert (await client.post(url, {}, b"2")).status == 200
-        finally:
-            await client.close()
+    async with raw_server(drops_second) as (url, seen), used(transport()) as client:
+        assert (await client.post(url, {}, b"1")).status == 200
+        assert (await client.post(url, {}, b"2")).status == 200
     assert [[b for _, b in c] for c in seen.connections] == [[b"1", b"2"], [b"2"]]
 
 
@@ -159,14 +156,10 @@ async def test_a_new_connection_that_ends_without_an_answer_is_an_error() -> Non
     async def never(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
         return False
 
-    async with raw_server(never) as (url, seen):
-        client = transport()
-        try:
-            with pytest.raises(ServerDisconnected):
-                await client.post(url, {}, b"x")
-            assert client.open_connections == 0
-        finally:
-            await client.close()
+    async with raw_server(never) as (url, seen), used(transport()) as client:
+        with pytest.raises(ServerDisconnected):
+            await client.post(url, {}, b"x")
+        assert client.open_connections == 0
     assert len(seen.requests) == 1, "no retry on a connection made for the request"
 
 
@@ -175,14 +168,10 @@ async def test_a_long_body_is_cut_at_the_cap_and_its_connection_closed() -> None
         writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 1_000_000)
         return True
 
-    async with raw_server(big) as (url, seen):
-        client = transport(max_body=4096)
-        try:
-            response = await client.post(url, {}, b"x")
-            assert (response.status, response.reason, response.body) == (500, "Oops", b"a" * 4096)
-            await client.post(url, {}, b"x")
-        finally:
-            await client.close()
+    async with raw_server(big) as (url, seen), used(transport(max_body=4096)) as client:
+        response = await client.post(url, {}, b"x")
+        assert (response.status, response.reason, response.body) == (500, "Oops", b"a" * 4096)
+        await client.post(url, {}, b"x")
     assert len(seen.connections) == 2, "a connection with unread body is not reused"
 
 
@@ -194,15 +183,11 @@ async def test_an_endless_body_ends_the_attempt_at_the_cap() -> None:
             await writer.drain()
             await asyncio.sleep(0.01)
 
-    async with raw_server(endless) as (url, _):
-        client = transport(max_body=4096)
-        try:
-            async with asyncio.timeout(5):
-                response = await client.post(url, {}, b"x")
-            assert response.status == 200 and response.body == b"b" * 4096
-            assert client.open_connections == 0
-        finally:
-            await client.close()
+    async with raw_server(endless) as (url, _), used(transport(max_body=4096)) as client:
+        async with asyncio.timeout(5):
+            response = await client.post(url, {}, b"x")
+        assert response.status == 200 and response.body == b"b" * 4096
+        assert client.open_connections == 0
 
 
 async def test_a_body_that_ends_with_the_connection() -> None:
@@ -210,12 +195,8 @@ async def test_a_body_that_ends_with_the_connection() -> None:
         writer.write(b"HTTP/1.0 202 Accepted\r\n\r\nall of it")
         return False
 
-    async with raw_server(until_close) as (url, _):
-        client = transport()
-        try:
-            response = await client.post(url, {}, b"x")
-        finally:
-            await client.close()
+    async with raw_server(until_close) as (url, _), used(transport()) as client:
+        response = await client.post(url, {}, b"x")
     assert (response.status, response.body) == (202, b"all of it")
 
 
@@ -229,13 +210,9 @@ async def test_chunked_body_and_informational_answers() -> None:
         )
         return True
 
-    async with raw_server(chunked) as (url, seen):
-        client = transport()
-        try:
-            first = await client.post(url, {}, b"x")
-            second = await client.post(url, {}, b"y")
-        finally:
-            await client.close()
+    async with raw_server(chunked) as (url, seen), used(transport()) as client:
+        first = await client.post(url, {}, b"x")
+        second = await client.post(url, {}, b"y")
     assert (first.status, first.reason, first.retry_after, first.body) == (
         429,
         "Too Many",
@@ -251,13 +228,9 @@ async def test_bytes_after_the_answer_spoil_the_connection() -> None:
         writer.write(OK + b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
         return True
 
-    async with raw_server(two_answers) as (url, seen):
-        client = transport()
-        try:
-            first = await client.post(url, {}, b"1")
-            second = await client.post(url, {}, b"2")
-        finally:
-            await client.close()
+    async with raw_server(two_answers) as (url, seen), used(transport()) as client:
+        first = await client.post(url, {}, b"1")
+        second = await client.post(url, {}, b"2")
     assert (first.status, second.status) == (200, 200)
     assert len(seen.connections) == 2
 
@@ -270,15 +243,11 @@ async def test_endless_headers_end_the_attempt() -> None:
             await writer.drain()
             await asyncio.sleep(0)
 
-    async with raw_server(endless) as (url, _):
-        client = transport()
-        try:
-            async with asyncio.timeout(5):
-                with pytest.raises(BadResponse, match="headers exceed 65536 bytes"):
-                    await client.post(url, {}, b"x")
-            assert client.open_connections == 0
-        finally:
-            await client.close()
+    async with raw_server(endless) as (url, _), used(transport()) as client:
+        async with asyncio.timeout(5):
+            with pytest.raises(BadResponse, match="headers exceed 65536 bytes"):
+                await client.post(url, {}, b"x")
+        assert client.open_connections == 0
 
 
 async def test_an_answer_that_is_not_http_is_a_bad_response() -> None:
@@ -286,14 +255,10 @@ async def test_an_answer_that_is_not_http_is_a_bad_response() -> None:
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
         return True
 
-    async with raw_server(garbage) as (url, _):
-        client = transport()
-        try:
-            with pytest.raises(BadResponse, match="invalid HTTP response"):
-                await client.post(url, {}, b"x")
-            assert client.open_connections == 0
-        finally:
-            await client.close()
+    async with raw_server(garbage) as (url, _), used(transport()) as client:
+        with pytest.raises(BadResponse, match="invalid HTTP response"):
+            await client.post(url, {}, b"x")
+        assert client.open_connections == 0
 
 
 async def test_no_more_connections_than_the_limit() -> None:
@@ -302,39 +267,28 @@ async def test_no_more_connections_than_the_limit() -> None:
         writer.write(OK)
         return True
 
-    async with raw_server(slow) as (url, seen):
-        client = transport(limit=2)
-        try:
-            results = await asyncio.gather(*(client.post(url, {}, b"x") for _ in range(7)))
-        finally:
-            await client.close()
+    async with raw_server(slow) as (url, seen), used(transport(limit=2)) as client:
+        results = await asyncio.gather(*(client.post(url, {}, b"x") for _ in range(7)))
     assert [r.status for r in results] == [200] * 7
     assert seen.most_open == 2 and len(seen.requests) == 7
 
 
 async def test_the_limit_closes_an_idle_connection_to_another_host() -> None:
     async with raw_server(always_ok) as (one, seen_one), raw_server(always_ok) as (two, _):
-        client = transport(limit=1)
-        try:
+        async with used(transport(limit=1)) as client:
             await client.post(one, {}, b"x")
             await client.post(two, {}, b"x")
             assert client.open_connections == 1
-        finally:
-            await client.close()
         await asyncio.wait_for(seen_one.client_closed.wait(), 2)
     assert seen_one.closed_by_client == 1
 
 
 async def test_idle_connections_expire() -> None:
-    async with raw_server(always_ok) as (url, seen):
-        client = transport(keepalive=0.2)
-        try:
-            await client.post(url, {}, b"x")
-            assert client.open_connections == 1
-            await asyncio.wait_for(seen.client_closed.wait(), 3)
-            assert client.open_connections == 0
-        finally:
-            await client.close()
+    async with raw_server(always_ok) as (url, seen), used(transport(keepalive=0.2)) as client:
+        await client.post(url, {}, b"x")
+        assert client.open_connections == 1
+        await asyncio.wait_for(seen.client_closed.wait(), 3)
+        assert client.open_connections == 0
     assert seen.closed_by_client == 1
 
 
@@ -343,26 +297,18 @@ async def test_a_timed_out_request_closes_its_connection() -> None:
         await asyncio.sleep(5)
         return False
 
-    async with raw_server(mute) as (url, _):
-        client = transport()
-        try:
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.2):
-                    await client.post(url, {}, b"x")
-            assert client.open_connections == 0
-        finally:
-            await client.close()
+    async with raw_server(mute) as (url, _), used(transport()) as client:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await client.post(url, {}, b"x")
+        assert client.open_connections == 0
 
 
 @pytest.mark.parametrize("bad", [("X-A", "1\r\nX-B: 2"), ("X-A\nX-B", "1"), ("X-A", "1\0")])
 async def test_a_header_that_would_split_the_request_is_refused(bad: tuple[str, str]) -> None:
-    async with raw_server(always_ok) as (url, seen):
-        client = transport()
-        try:
-            with pytest.raises(ValueError, match="line break or NUL"):
-                await client.post(url, dict([bad]), b"x")
-        finally:
-            await client.close()
+    async with raw_server(always_ok) as (url, seen), used(transport()) as client:
+        with pytest.raises(ValueError, match="line break or NUL"):
+            await client.post(url, dict([bad]), b"x")
     assert seen.requests == []
 
 
@@ -418,23 +364,17 @@ def transport_resolving(answers: list[str], **kwargs: Any) -> HttpTransport:
 
 
 async def test_an_address_that_refuses_gives_way_to_the_next() -> None:
-    async with raw_server(always_ok) as (url, seen):
-        client = transport_resolving(["127.0.0.2", "127.0.0.1"])
-        try:
-            response = await client.post(url.with_host("two.test"), {}, b"x")
-        finally:
-            await client.close()
+    resolving = transport_resolving(["127.0.0.2", "127.0.0.1"])
+    async with raw_server(always_ok) as (url, seen), used(resolving) as client:
+        response = await client.post(url.with_host("two.test"), {}, b"x")
     assert response.status == 200 and len(seen.connections) == 1
     assert seen.requests[0][0].startswith(b"POST /hook?x=1 HTTP/1.1\r\nHost: two.test:")
 
 
 async def test_every_address_refusing_is_a_failed_connection() -> None:
-    client = transport_resolving(["127.0.0.2", "127.0.0.4"])
-    try:
+    async with used(transport_resolving(["127.0.0.2", "127.0.0.4"])) as client:
         with pytest.raises(ConnectFailed) as failed:
             await client.post(URL("http://two.test:9/"), {}, b"x")
-    finally:
-        await client.close()
     assert failed.value.host == "two.test" and client.open_connections == 0
 
 
@@ -445,8 +385,7 @@ async def test_an_address_that_never_answers_costs_a_quarter_second() -> None:
         listener.bind(("127.0.0.1", port))
         listener.listen(8)
         listener.setblocking(False)
-        client = transport_resolving(["127.0.0.3", "127.0.0.1"])
-        try:
+        async with used(transport_resolving(["127.0.0.3", "127.0.0.1"])) as client:
             async with asyncio.timeout(3):
                 started = loop.time()
                 sending = asyncio.ensure_future(
@@ -457,7 +396,5 @@ async def test_an_address_that_never_answers_costs_a_quarter_second() -> None:
                 accepted.close()  # no answer: the attempt fails, which is not the point
                 with pytest.raises(ServerDisconnected):
                     await sending
-        finally:
-            await client.close()
     assert 0.2 <= elapsed < 1.0, f"the second address started after {elapsed:.2f} s"
     assert client.open_connections == 0
