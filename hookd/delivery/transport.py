@@ -467,20 +467,24 @@ def _close_late_winner(task: asyncio.Task[_Connection]) -> None:
         task.result().close()
 
 
-_FORBIDDEN = ("\r", "\n", "\0")
-
-
 def _head(url: yarl.URL, host: str, headers: dict[str, str], length: int) -> bytes:
     """The request line and headers of a POST, refusing a header that would split them."""
     authority = f"[{host}]" if ":" in host else host
     if not url.is_default_port():
         authority = f"{authority}:{url.port}"
     target = url.raw_path_qs or "/"
-    lines = [f"POST {target} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {length}\r\n"]
-    for name, value in headers.items():
-        for bad in _FORBIDDEN:
-            if bad in name or bad in value:
-                raise ValueError(f"the header {name!r} holds a line break or NUL")
-        lines.append(f"{name}: {value}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("utf-8")
+    text = "".join(
+        [
+            f"POST {target} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {length}\r\n",
+            *[f"{name}: {value}\r\n" for name, value in headers.items()],
+            "\r\n",
+        ]
+    )
+    # Exactly one line break per line (request line, Host, Content-Length, each header, the
+    # blank line) and no NUL: counted once over the whole head rather than per header.
+    lines = len(headers) + 4
+    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
+        bad = next((n for n, v in headers.items() if any(c in n or c in v for c in "\r\n\0")), None)
+        where = "the URL" if bad is None else f"the header {bad!r}"
+        raise ValueError(f"{where} holds a line break or NUL")
+    return text.encode("utf-8")
