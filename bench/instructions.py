@@ -19,8 +19,8 @@ uvicorn. Routes, lettered as in ``api_throughput``:
 
 (e) the delivery path, counted per delivery: ``--events`` events published through the
     app (as (d), 32 callers) to 10 webhooks at a local receiver (nginx when installed),
-    each claimed, signed, sent over aiohttp and settled by hookd's worker in the same
-    process, as in ``hookd serve``;
+    each claimed, signed, sent over hookd's HTTP client and settled by hookd's worker in
+    the same process, as in ``hookd serve``;
 (s) the raw sender of ``baseline.py``, per request, for (e)'s ratio.
 
 Each child warms every route up, then calls one route ``--requests`` times (or none);
