@@ -343,9 +343,13 @@ class Worker:
 
     async def _attempt(self, claimed: ClaimedDelivery) -> None:
         try:
-            with tracing.attempt_span(claimed) as span:
+            if tracing.enabled():
+                with tracing.attempt_span(claimed) as span:
+                    result = await self.sender.send(claimed)
+                    tracing.end_attempt(span, result)
+            else:
+                # No span to open: not even a context manager's generator per attempt.
                 result = await self.sender.send(claimed)
-                tracing.end_attempt(span, result)
         finally:
             self._in_flight.pop(claimed.id, None)
         self._done.append((claimed, result))
