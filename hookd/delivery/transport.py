@@ -102,7 +102,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.counted = False  # in the pool's count of open connections, until it ends
-        self.used = 0  # requests made on it
         self.idle_since = 0.0
         self.waiter: asyncio.Future[Response] | None = None
         # Bytes beyond the answer arrived with it: the connection cannot be used again.
@@ -190,7 +189,6 @@ class _Connection(asyncio.Protocol):
         self._size += len(body)
         if self._size > self.pool.max_body:
             # Enough of it: the attempt ends here, and the connection with the rest.
-            self.keep_alive = False
             self._finish()
 
     def on_message_complete(self) -> None:
@@ -198,7 +196,8 @@ class _Connection(asyncio.Protocol):
             self._reset()
             self._got_data = True
             return
-        self.keep_alive = self._parser.should_keep_alive()
+        # Reusable only if the receiver keeps it alive and the whole body was read.
+        self.keep_alive = self._parser.should_keep_alive() and self._size <= self.pool.max_body
         self._finish()
 
     # the connection's work
@@ -229,7 +228,6 @@ class _Connection(asyncio.Protocol):
     async def request(self, head: bytes, body: bytes) -> Response:
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
-        self.used += 1
         self._reset()
         self.transport.writelines((head, body))
         try:
@@ -302,7 +300,7 @@ class HttpTransport:
         except BaseException:
             conn.close()
             raise
-        if conn.keep_alive and conn._size <= self.max_body and not conn.closed and not conn.spoiled:
+        if conn.keep_alive and not conn.closed and not conn.spoiled:
             self._release(conn)
         else:
             conn.close()
