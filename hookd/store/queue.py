@@ -218,7 +218,7 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
     heads = [
         h for h in (yield rows("queue_heads")) if h["head"] is not None and h["head"] <= req.now
     ]
-    ids: list[str] = []
+    taken: list[dict[str, Any]] = []
     for head, take in allot(heads, leased, req):
         lease = {
             "webhook_id": head["webhook_id"],
@@ -227,19 +227,29 @@ def _claim_sqlite(req: ClaimRequest) -> Op[list[Any]]:
             "token": req.token,
         }
         if not head["active"]:
-            ids += [r["id"] for r in (yield rows("queue_take_tests", n=take, **lease))]
+            taken += yield rows("queue_take_tests", n=take, **lease)
             continue
-        taken: list[Any] = []
+        mine: list[dict[str, Any]] = []
         if head["urgent"] is not None and head["urgent"] <= req.now:
             # Up to half the slots for due retries and test deliveries: a backlog of first
             # attempts does not hold them back.
-            taken = yield rows("queue_take_urgent", n=(take + 1) // 2, **lease)
-        if len(taken) < take:
-            taken += yield rows("queue_take", n=take - len(taken), **lease)
-        ids += [r["id"] for r in taken]
-    if not ids:
+            mine = yield rows("queue_take_urgent", n=(take + 1) // 2, **lease)
+        if len(mine) < take:
+            mine += yield rows("queue_take", n=take - len(mine), **lease)
+        taken += mine
+    if not taken:
         return []
-    return list((yield rows("claim_details", ids=ids)))
+    # The leased rows came back with their own columns; their events and webhooks are read
+    # once each (a fan-out's deliveries share one event), not joined per delivery.
+    events = {
+        r["event_id"]: r
+        for r in (yield rows("claim_events", ids=list({d["event_id"] for d in taken})))
+    }
+    hooks = {
+        r["webhook_id"]: r
+        for r in (yield rows("claim_webhooks", ids=list({d["webhook_id"] for d in taken})))
+    }
+    return [{**d, **events[d["event_id"]], **hooks[d["webhook_id"]]} for d in taken]
 
 
 def claim(dialect: str, req: ClaimRequest) -> Op[list[ClaimedDelivery]]:

@@ -17,7 +17,7 @@ WHERE id IN (SELECT id FROM deliveries
              WHERE webhook_id = :webhook_id AND status = 'pending' AND lease_until IS NULL
                AND next_attempt_at <= :now
              ORDER BY next_attempt_at LIMIT :n)
-RETURNING id;
+RETURNING id, webhook_id, event_id, topic, is_test, attempt_count, lease_until;
 
 -- name: queue_take_urgent
 -- Lease up to :n due retries and test deliveries of one active webhook, oldest first.
@@ -26,7 +26,7 @@ WHERE id IN (SELECT id FROM deliveries
              WHERE webhook_id = :webhook_id AND status = 'pending' AND lease_until IS NULL
                AND (attempt_count > 0 OR is_test) AND next_attempt_at <= :now
              ORDER BY next_attempt_at LIMIT :n)
-RETURNING id;
+RETURNING id, webhook_id, event_id, topic, is_test, attempt_count, lease_until;
 
 -- name: queue_take_tests
 -- Lease up to :n due test deliveries of one paused or suspended webhook, oldest first
@@ -36,15 +36,18 @@ WHERE id IN (SELECT id FROM deliveries INDEXED BY ix_deliveries_tests
              WHERE webhook_id = :webhook_id AND is_test AND status = 'pending'
                AND lease_until IS NULL AND next_attempt_at <= :now
              ORDER BY next_attempt_at LIMIT :n)
-RETURNING id;
+RETURNING id, webhook_id, event_id, topic, is_test, attempt_count, lease_until;
 
--- name: claim_details
-SELECT d.id, d.webhook_id, d.event_id, d.topic, d.is_test, d.attempt_count, d.lease_until,
-       e.data, e.created_at AS event_created_at, e.conversation_id, e.conversation_url,
-       w.organization_id, w.url, w.secret, w.previous_secrets, w.headers, w.timeout_ms,
-       e.traceparent
-FROM deliveries d JOIN events e ON e.id = d.event_id JOIN webhooks w ON w.id = d.webhook_id
-WHERE d.id IN (SELECT value FROM json_each(:ids));
+-- name: claim_events
+-- The events of a claim's deliveries, each once (a fan-out's deliveries share theirs).
+SELECT id AS event_id, data, created_at AS event_created_at, conversation_id, conversation_url,
+       traceparent
+FROM events WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: claim_webhooks
+-- The webhooks of a claim's deliveries, each once.
+SELECT id AS webhook_id, organization_id, url, secret, previous_secrets, headers, timeout_ms
+FROM webhooks WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: recover_page
 -- The next page of a recovery window, and for each event whether the webhook lacks a
