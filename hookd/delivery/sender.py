@@ -5,7 +5,7 @@ Redirects are not followed, at most 4 KiB of a response body is kept, and every 
 goes through the address guard.
 
 An attempt runs under one deadline, ``timeoutMs`` after it starts, that covers DNS,
-connect, TLS, the request and the whole response (``asyncio.timeout_at``). The deadline
+connect, TLS, the request and the whole response (the client's ``deadline``). The deadline
 reaches the resolver through :data:`~hookd.delivery.resolver.attempt_budget`, so that a
 lookup never outlives its attempt and an attempt that ran out of time while resolving says
 so.
@@ -211,8 +211,7 @@ class Sender:
         budget = AttemptBudget(asyncio.get_running_loop().time() + timeout_ms / 1000)
         context = attempt_budget.set(budget)
         try:
-            async with asyncio.timeout_at(budget.deadline):
-                response = await transport.post(_url(claimed.url), headers, body)
+            response = await transport.post(_url(claimed.url), headers, body, budget.deadline)
             status = response.status
             reason = response.reason
             kept = response.body

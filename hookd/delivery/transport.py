@@ -29,9 +29,12 @@ What it does, and nothing more:
   ``close_notify`` held a socket up to 30 s after every attempt, so one tenant could run
   hookd out of file descriptors.
 
-The caller bounds each attempt in time (``asyncio.timeout_at`` in
-:mod:`hookd.delivery.sender`); a connection whose request was cancelled is closed, never
-reused.
+The caller bounds each attempt in time: ``post(..., deadline=)`` (a time of the loop's
+clock) covers DNS, connecting, TLS, the request and its answer. On a reused connection that
+is one timer on the answer's future rather than an ``asyncio.timeout`` around the request
+(which costs more per request than anything else the client does); a new connection is
+made under ``asyncio.timeout_at``. Either way the attempt ends with :class:`TimeoutError`.
+A connection whose request timed out or was cancelled is closed, never reused.
 """
 
 from __future__ import annotations
@@ -225,15 +228,20 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
         self.close()
 
-    async def request(self, head: bytes, body: bytes) -> Response:
+    async def request(self, head: bytes, body: bytes, deadline: float | None = None) -> Response:
         assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Response] = loop.create_future()
+        self.waiter = waiter
+        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
         self._reset()
         self.transport.writelines((head, body))
         try:
-            return await self.waiter
+            return await waiter
         finally:
             self.waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def close(self) -> None:
         if self.closed:
@@ -272,8 +280,11 @@ class HttpTransport:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    async def post(self, url: yarl.URL, headers: dict[str, str], body: bytes) -> Response:
-        """POST ``body`` to ``url`` with ``headers`` (Host and Content-Length are added)."""
+    async def post(
+        self, url: yarl.URL, headers: dict[str, str], body: bytes, deadline: float | None = None
+    ) -> Response:
+        """POST ``body`` to ``url`` with ``headers`` (Host and Content-Length are added), by
+        ``deadline`` (the loop's time; None: no limit) or raise :class:`TimeoutError`."""
         scheme = url.scheme
         host = url.raw_host
         if scheme not in ("http", "https") or not host:
@@ -286,17 +297,23 @@ class HttpTransport:
         conn = self._reuse(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, head, body)
+                return await self._exchange(conn, head, body, deadline)
             except ServerDisconnected:
                 # The receiver had closed it while it was idle (nothing came back).
                 if conn._got_data:
                     raise
-        conn = await self._connect(key)
-        return await self._exchange(conn, head, body)
+        if deadline is None:
+            conn = await self._connect(key)
+        else:
+            async with asyncio.timeout_at(deadline):
+                conn = await self._connect(key)
+        return await self._exchange(conn, head, body, deadline)
 
-    async def _exchange(self, conn: _Connection, head: bytes, body: bytes) -> Response:
+    async def _exchange(
+        self, conn: _Connection, head: bytes, body: bytes, deadline: float | None
+    ) -> Response:
         try:
-            response = await conn.request(head, body)
+            response = await conn.request(head, body, deadline)
         except BaseException:
             conn.close()
             raise
@@ -457,6 +474,12 @@ class HttpTransport:
     @property
     def open_connections(self) -> int:
         return self._open
+
+
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    """The deadline of a request passed before its answer came."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _close_late_winner(task: asyncio.Task[_Connection]) -> None:

@@ -304,6 +304,42 @@ async def test_a_timed_out_request_closes_its_connection() -> None:
         assert client.open_connections == 0
 
 
+async def test_the_deadline_ends_a_request_on_a_reused_connection() -> None:
+    async def first_then_mute(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if n == 0:
+            writer.write(OK)
+            return True
+        await asyncio.sleep(5)
+        return False
+
+    loop = asyncio.get_running_loop()
+    async with raw_server(first_then_mute) as (url, seen), used(transport()) as client:
+        # Answered in time: the deadline's timer is gone with the answer, and the connection
+        # stays open and reusable after the deadline has passed.
+        await client.post(url, {}, b"x", deadline=loop.time() + 0.1)
+        await asyncio.sleep(0.2)
+        assert client.open_connections == 1
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.post(url, {}, b"y", deadline=started + 0.2)
+        elapsed = loop.time() - started
+        assert client.open_connections == 0
+    assert 0.15 <= elapsed < 1.0, f"the request ended after {elapsed:.2f} s"
+    assert [len(conn) for conn in seen.connections] == [2]
+
+
+async def test_the_deadline_covers_connecting() -> None:
+    loop = asyncio.get_running_loop()
+    with hanging_address() as port:
+        async with used(transport_resolving(["127.0.0.3"])) as client:
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await client.post(URL(f"http://two.test:{port}/"), {}, b"x", started + 0.3)
+            elapsed = loop.time() - started
+            assert client.open_connections == 0
+    assert 0.25 <= elapsed < 1.5, f"the attempt ended after {elapsed:.2f} s"
+
+
 @pytest.mark.parametrize("bad", [("X-A", "1\r\nX-B: 2"), ("X-A\nX-B", "1"), ("X-A", "1\0")])
 async def test_a_header_that_would_split_the_request_is_refused(bad: tuple[str, str]) -> None:
     async with raw_server(always_ok) as (url, seen), used(transport()) as client:
