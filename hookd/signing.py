@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from hookd.errors import VerificationError
 from hookd.ids import SECRET_PREFIX
@@ -89,6 +90,21 @@ def _decode_secret(secret: str) -> bytes:
     return key
 
 
+class _Mac(Protocol):
+    def copy(self) -> _Mac: ...
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+def _keyed(key: bytes) -> _Mac:
+    """An HMAC-SHA256 keyed with ``key``, to be copied per message: OpenSSL's HMAC object
+    itself where :mod:`hmac` wraps one. The wrapper's ``copy()`` is Python code that cost
+    as much as the HMAC of a whole delivery body (1.1 of 2.4 µs here), twice per delivery."""
+    wrapper = hmac.new(key, digestmod=hashlib.sha256)
+    mac: _Mac = getattr(wrapper, "_hmac", None) or wrapper
+    return mac
+
+
 class Signer:
     """Signs webhook deliveries with one secret, in both of hookd's schemes.
 
@@ -106,8 +122,8 @@ class Signer:
         """
         key = _decode_secret(secret)
         # Keying costs two SHA-256 compressions; doing it here leaves copy() per message.
-        self._featurebase_mac = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
-        self._standard_mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._featurebase_mac = _keyed(secret.encode("utf-8"))
+        self._standard_mac = _keyed(key)
 
     def __repr__(self) -> str:
         # Deliberately without the secret, so a logged Signer leaks nothing.

@@ -104,6 +104,28 @@ def test_known_answers_against_independent_hmac(body: bytes) -> None:
     )
 
 
+@pytest.mark.parametrize("openssl", [True, False])
+def test_signs_alike_with_or_without_the_openssl_hmac_object(
+    openssl: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Signer copies OpenSSL's HMAC object where hmac.HMAC wraps one, and hmac.HMAC
+    itself where it does not (here: a digest constructor OpenSSL does not know)."""
+    if not openssl:
+        python_sha256 = lambda data=b"": hashlib.sha256(data)  # noqa: E731
+        monkeypatch.setattr(
+            hmac, "new", lambda key, msg=None, digestmod="": hmac.HMAC(key, msg, python_sha256)
+        )
+    secret = new_secret()
+    signer = Signer(secret)
+    assert isinstance(signer._standard_mac, hmac.HMAC) is not openssl
+    msg_id = new_event_id(FIXED_TS * 1000)
+    expected = _expected_featurebase(secret, FIXED_TS, FIXED_BODY)
+    assert signer.featurebase(FIXED_TS, FIXED_BODY) == expected
+    assert signer.standard(msg_id, FIXED_TS, FIXED_BODY) == _expected_standard(
+        secret, msg_id, FIXED_TS, FIXED_BODY
+    )
+
+
 def test_headers_names_and_values() -> None:
     signer = Signer(FIXED_SECRET)
     headers = signer.headers(FIXED_ID, FIXED_TS, FIXED_BODY)
