@@ -204,3 +204,44 @@ async def test_a_worker_cut_off_from_the_database_stops_its_attempts_first(
         await cut_off_store.close()
         if proxy._server is not None:
             await proxy.stop()
+
+
+@pytest.mark.parametrize("engine", ["sqlite"])
+async def test_on_sqlite_a_turn_settles_and_claims_in_one_commit(
+    api: Api, receiver: Receiver
+) -> None:
+    """SQLite's one writer commits the writes waiting together: a turn of the worker queues
+    its claim right behind its settle, so both land in one transaction (one commit, one
+    write of the pages they share), and the claim sees the lease the settle ended."""
+    hook = await webhook(api, receiver)
+    for _ in range(4):
+        await api.publish()
+    statements: list[str] = []
+    writer = api.store.driver._writer  # type: ignore[attr-defined]
+    writer.set_trace_callback(statements.append)
+    try:
+        # One attempt at a time: each turn settles the last outcome and claims the next.
+        async with worker_for(api, max_in_flight_per_webhook=1):
+            await receiver.wait_for(4, timeout=10)
+            await eventually(lambda: _all_succeeded(api, hook["id"]), timeout=10)
+    finally:
+        writer.set_trace_callback(None)
+    transactions: list[list[str]] = [[]]
+    for sql in statements:
+        if sql.strip().upper() == "COMMIT":
+            transactions.append([])
+        else:
+            transactions[-1].append(sql)
+    both = [
+        t
+        for t in transactions
+        if any("SET status = CASE WHEN retry_requested" in s for s in t)
+        and any("SET lease_until = " in s and "lease_token = " in s for s in t)
+    ]
+    assert len(both) >= 3, f"{len(both)} of 3 turns settled and claimed in one commit"
+
+
+async def _all_succeeded(api: Api, webhook_id: str) -> bool:
+    response = await api.get(f"/v2/webhooks/{webhook_id}/deliveries?limit=100")
+    data = response.json()["data"]
+    return len(data) == 4 and all(d["status"] == "succeeded" for d in data)

@@ -284,12 +284,7 @@ class Worker:
             self._wake.clear()
             room = self.config.concurrency - len(self._in_flight)
             try:
-                await self._settle()
-                claimed = (
-                    await self.store.claim(self._claim_request(room))
-                    if room > 0 and self._may_claim()
-                    else []
-                )
+                claimed = await self._settle_and_claim(room)
             except DatabaseUnavailable as exc:
                 log.warning(
                     "database unavailable; delivery paused", error=exc.detail, retry_in=backoff
@@ -302,13 +297,47 @@ class Worker:
                 await asyncio.sleep(1.0)
                 continue
             backoff = 0.1
-            for item in claimed:
-                self._in_flight[item.id] = (item, asyncio.create_task(self._attempt(item)))
+            self._start(claimed)
             if claimed and len(claimed) == room:
                 continue  # more may be waiting
             if self._done:
                 continue
             await self._sleep()
+
+    async def _settle_and_claim(self, room: int) -> list[ClaimedDelivery]:
+        """Write the outcomes, then claim up to ``room`` deliveries (if this worker may).
+
+        On SQLite both go into one transaction: its one writer commits every write waiting
+        at the time together (hookd.store.sqlite), and the claim's write is queued right
+        behind the settle's, so it sees the leases the settle ended. One commit per turn
+        instead of two writes the pages both touch (the webhooks' index pages of the
+        deliveries) to the WAL once. On PostgreSQL the claim waits for the settle's commit,
+        as two transactions on different connections could see each other's work only then.
+        """
+        claiming = room > 0 and self._may_claim()
+        if not claiming:
+            await self._settle()
+            return []
+        if self.store.dialect != "sqlite" or not (self._done or self._unsettled):
+            await self._settle()
+            return await self.store.claim(self._claim_request(room))
+        settling = asyncio.ensure_future(self._settle())
+        claim = asyncio.ensure_future(self.store.claim(self._claim_request(room)))
+        settled, claimed = await asyncio.gather(settling, claim, return_exceptions=True)
+        if isinstance(claimed, BaseException):
+            if isinstance(settled, BaseException):
+                raise settled
+            raise claimed
+        if isinstance(settled, BaseException):
+            # Claimed, though the outcomes could not be written (not in the same transaction:
+            # the settle wrote an earlier batch first): send them, then report the failure.
+            self._start(claimed)
+            raise settled
+        return claimed
+
+    def _start(self, claimed: list[ClaimedDelivery]) -> None:
+        for item in claimed:
+            self._in_flight[item.id] = (item, asyncio.create_task(self._attempt(item)))
 
     def _claim_request(self, room: int) -> ClaimRequest:
         return ClaimRequest(
