@@ -309,10 +309,10 @@ class Worker:
 
         On SQLite both go into one transaction: its one writer commits every write waiting
         at the time together (hookd.store.sqlite), and the claim's write is queued right
-        behind the settle's, so it sees the leases the settle ended. One commit per turn
-        instead of two writes the pages both touch (the webhooks' index pages of the
-        deliveries) to the WAL once. On PostgreSQL the claim waits for the settle's commit,
-        as two transactions on different connections could see each other's work only then.
+        behind the settle's, so it sees the leases the settle ended. A turn then commits
+        once instead of twice, and the pages both dirty (the index pages of the webhooks'
+        deliveries) go to the WAL once. On PostgreSQL the claim waits for the settle's
+        commit: on another connection, it would not see the settle's work before that.
         """
         claiming = room > 0 and self._may_claim()
         if not claiming:
