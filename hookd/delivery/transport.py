@@ -12,8 +12,9 @@ What it does, and nothing more:
 
 * Connections go only where :class:`~hookd.delivery.guard.AddressGuard` allows: the host is
   resolved through the guard and the socket connects to exactly the addresses it returned,
-  so nothing resolves the name a second time. They are tried in the resolver's order, the
-  next one starting beside the last after 250 ms (Happy Eyeballs). TLS verifies the host's
+  so nothing resolves the name a second time. They are tried with the families taking
+  turns (IPv6 and IPv4, the resolver's first family first), the next one starting beside
+  the last after 250 ms (Happy Eyeballs, RFC 8305). TLS verifies the host's
   name (``server_hostname``) with the system's authorities or the context given.
 * Idle connections are kept per ``(scheme, host, port)`` for ``keepalive`` seconds and reused
   while the receiver keeps them alive (``Connection: close``, HTTP/1.0 without keep-alive,
@@ -41,13 +42,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import ssl
 import time
+from collections.abc import Sequence
 
 import httptools
 import yarl
 
-from hookd.delivery.guard import AddressGuard
+from hookd.delivery.guard import AddressGuard, IPAddress
 
 __all__ = [
     "MAX_HEAD",
@@ -56,6 +59,7 @@ __all__ = [
     "HttpTransport",
     "Response",
     "ServerDisconnected",
+    "interleaved",
 ]
 
 _Key = tuple[str, str, int]  # scheme, host (as sent: IDNA-encoded), port
@@ -349,13 +353,13 @@ class HttpTransport:
         return conn
 
     async def _open_connection(self, key: _Key) -> _Connection:
-        """A connection to one of the addresses the guard allows for the host, tried in the
-        resolver's order; when one has not connected within ``_STAGGER`` s the next starts
-        beside it and the first to connect wins (Happy Eyeballs, RFC 8305), so an address
-        that never answers (an unreachable IPv6 route) costs a quarter second, not the
-        attempt."""
+        """A connection to one of the addresses the guard allows for the host, the families
+        taking turns from the resolver's first (:func:`interleaved`); when one has not
+        connected within ``_STAGGER`` s the next starts beside it and the first to connect
+        wins (Happy Eyeballs, RFC 8305), so an address that never answers (an unreachable
+        IPv6 route) costs a quarter second, not the attempt."""
         _scheme, host, port = key
-        waiting = list(await self.guard.resolve(host, port))
+        waiting = interleaved(await self.guard.resolve(host, port))
         racing: list[asyncio.Task[_Connection]] = []
         failures: list[OSError] = []
         try:
@@ -474,6 +478,19 @@ class HttpTransport:
     @property
     def open_connections(self) -> int:
         return self._open
+
+
+def interleaved(addresses: Sequence[IPAddress]) -> list[IPAddress]:
+    """``addresses`` in the order they are tried (RFC 8305, section 4): the first one's
+    family first, then the two families taking turns, each in the resolver's order. A host
+    whose IPv6 addresses all black-hole then reaches its first IPv4 address after one
+    stagger, however many IPv6 addresses the resolver listed first."""
+    if not addresses:
+        return []
+    first = addresses[0].version
+    same = [a for a in addresses if a.version == first]
+    other = [a for a in addresses if a.version != first]
+    return [a for pair in itertools.zip_longest(same, other) for a in pair if a is not None]
 
 
 def _expire(waiter: asyncio.Future[Response]) -> None:

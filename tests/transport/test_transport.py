@@ -6,6 +6,7 @@ connection, 1xx answers, broken answers, the connection limit and idle expiry.""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -22,6 +23,7 @@ from hookd.delivery.transport import (
     ConnectFailed,
     HttpTransport,
     ServerDisconnected,
+    interleaved,
 )
 from tests.test_isolation import _claimed
 
@@ -434,3 +436,38 @@ async def test_an_address_that_never_answers_costs_a_quarter_second() -> None:
                     await sending
     assert 0.2 <= elapsed < 1.0, f"the second address started after {elapsed:.2f} s"
     assert client.open_connections == 0
+
+
+def test_addresses_are_tried_with_the_families_taking_turns() -> None:
+    ip = ipaddress.ip_address
+    v6 = [ip("2001:db8::1"), ip("2001:db8::2"), ip("2001:db8::3")]
+    v4 = [ip("192.0.2.1"), ip("192.0.2.2")]
+    assert interleaved([*v6, *v4]) == [v6[0], v4[0], v6[1], v4[1], v6[2]]
+    assert interleaved([v4[0], *v6, v4[1]]) == [v4[0], v6[0], v4[1], v6[1], v6[2]]
+    assert interleaved(v4) == v4
+    assert interleaved([]) == []
+
+
+async def test_the_other_family_is_tried_second() -> None:
+    """The resolver lists two IPv4 addresses, then ::1; the first IPv4 address hangs. The
+    second one tried is ::1 (families take turns), not the second IPv4 address, although
+    both accept."""
+    loop = asyncio.get_running_loop()
+    with hanging_address() as port, socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+        for listener, address in ((v4, "127.0.0.4"), (v6, "::1")):
+            listener.bind((address, port))
+            listener.listen(8)
+            listener.setblocking(False)
+        dns = StaticDnsBackend({"two.test": ["127.0.0.3", "127.0.0.4", "::1"]})
+        guard = AddressGuard(parse_networks("127.0.0.0/8,::1/128"), dns=dns)
+        async with used(HttpTransport(guard)) as client:
+            async with asyncio.timeout(3):
+                sending = asyncio.ensure_future(
+                    client.post(URL(f"http://two.test:{port}/"), {}, b"x")
+                )
+                accepted, _ = await loop.sock_accept(v6)
+                accepted.close()
+                with pytest.raises(ServerDisconnected):
+                    await sending
+        with pytest.raises(BlockingIOError):
+            v4.accept()  # the second IPv4 address was not tried
