@@ -306,11 +306,8 @@ class HttpTransport:
                 # The receiver had closed it while it was idle (nothing came back).
                 if conn._got_data:
                     raise
-        if deadline is None:
+        async with asyncio.timeout_at(deadline):  # None: no limit
             conn = await self._connect(key)
-        else:
-            async with asyncio.timeout_at(deadline):
-                conn = await self._connect(key)
         return await self._exchange(conn, head, body, deadline)
 
     async def _exchange(

@@ -307,18 +307,19 @@ class Worker:
     async def _settle_and_claim(self, room: int) -> list[ClaimedDelivery]:
         """Write the outcomes, then claim up to ``room`` deliveries (if this worker may).
 
-        On SQLite both go into one transaction: its one writer commits every write waiting
-        at the time together (hookd.store.sqlite), and the claim's write is queued right
-        behind the settle's, so it sees the leases the settle ended. A turn then commits
-        once instead of twice, and the pages both dirty (the index pages of the webhooks'
-        deliveries) go to the WAL once. On PostgreSQL the claim waits for the settle's
-        commit: on another connection, it would not see the settle's work before that.
+        Where writes issued together commit together (SQLite: its one writer commits every
+        write waiting at the time, see ``Driver.writes_commit_together``), the claim's write
+        is queued right behind the settle's, in the same transaction, so it sees the leases
+        the settle ended. A turn then commits once instead of twice, and the pages both
+        dirty (the index pages of the webhooks' deliveries) go to the WAL once. Elsewhere
+        (PostgreSQL) the claim waits for the settle's commit: on another connection, it
+        would not see the settle's work before that.
         """
         claiming = room > 0 and self._may_claim()
         if not claiming:
             await self._settle()
             return []
-        if self.store.dialect != "sqlite" or not (self._done or self._unsettled):
+        if not self.store.writes_commit_together or not (self._done or self._unsettled):
             await self._settle()
             return await self.store.claim(self._claim_request(room))
         settling = asyncio.ensure_future(self._settle())

@@ -79,6 +79,9 @@ class Driver(Protocol):
     """What the store needs from an engine."""
 
     dialect: str
+    # Whether writes issued together commit in one transaction, in the order issued
+    # (SQLite's group commit), so that a later one sees an earlier one's work.
+    writes_commit_together: bool
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -110,6 +113,10 @@ class Store:
     @property
     def dialect(self) -> str:
         return self.driver.dialect
+
+    @property
+    def writes_commit_together(self) -> bool:
+        return self.driver.writes_commit_together
 
     async def start(self) -> None:
         await self.driver.start()

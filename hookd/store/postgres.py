@@ -162,6 +162,7 @@ class PostgresDriver:
     """Runs store operations on PostgreSQL through a connection pool."""
 
     dialect = "postgresql"
+    writes_commit_together = False  # each write is a transaction on a pooled connection
 
     def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
         self.dsn = dsn

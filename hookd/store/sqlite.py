@@ -188,6 +188,7 @@ class SqliteDriver:
     """Runs store operations against one SQLite file."""
 
     dialect = "sqlite"
+    writes_commit_together = True  # one writer: every write waiting goes into its next commit
 
     def __init__(self, path: str, *, synchronous: str = "normal") -> None:
         self.path = path
