@@ -161,13 +161,14 @@ def _timeout(deliveries: int) -> float:
 
 
 def _profile(dep: Deployment, receiver: Receiver, events: int, webhooks: int, out: Path) -> None:
-    """py-spy the hookd process that delivers (serve, or worker-1) during one more drain."""
+    """py-spy each hookd process during one more drain each: serve, or the api and worker-1
+    (the other workers do the same work as worker-1)."""
     pyspy = Path(sys.executable).with_name("py-spy")
     if not pyspy.exists():
         pyspy = Path(shutil.which("py-spy") or "py-spy")
     out.mkdir(parents=True, exist_ok=True)
     for role, pid in dep.pids.items():
-        if role == "api" and dep.mode == "split":
+        if dep.mode == "split" and role not in ("api", "worker-1"):
             continue
         raw = out / f"drain-{dep.db_kind}-{dep.mode}-{role}.txt"
         spy = start_process(
@@ -203,8 +204,6 @@ def _profile(dep: Deployment, receiver: Receiver, events: int, webhooks: int, ou
         )
         if raw.exists():
             print(summarise_profile(raw.read_text(), top=20))
-        if dep.mode == "split":
-            break  # one worker is enough
 
 
 def _churn_line(churn: dict[str, Any]) -> str:
@@ -382,7 +381,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"(p50 {res.publish['latency_ms']['p50']:.1f} ms, p99 "
                 f"{res.publish['latency_ms']['p99']:.1f} ms), hookd CPU "
                 f"{res.cpu_us_per_delivery:.0f} us/delivery (event loop "
-                f"{res.loop_cpu_us_per_delivery:.0f})"
+                f"{res.loop_cpu_us_per_delivery:.0f}"
+                + (
+                    "; "
+                    + ", ".join(
+                        f"{role} {us:.0f}" for role, us in res.role_cpu_us_per_delivery().items()
+                    )
+                    if len(res.cpu_by_role_s) > 1
+                    else ""
+                )
+                + ")"
                 + (
                     f" + PG {res.db_cpu_s * 1e6 / max(1, res.received):.0f} us"
                     if res.db_cpu_s

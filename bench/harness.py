@@ -305,7 +305,11 @@ class Deployment:
 
     def cpu_seconds(self) -> float:
         """CPU seconds so far of every hookd process of the deployment (all threads)."""
-        return sum(cpu_seconds(c.proc.pid) for c in self.children)
+        return sum(self.cpu_seconds_by_role().values())
+
+    def cpu_seconds_by_role(self) -> dict[str, float]:
+        """CPU seconds so far of each hookd process (all threads), by role."""
+        return {c.role: cpu_seconds(c.proc.pid) for c in self.children}
 
     def loop_cpu_seconds(self) -> float:
         """CPU seconds so far of the event-loop threads of every hookd process."""
@@ -470,6 +474,8 @@ class DrainResult:
     extra_after: int = 0  # deliveries that arrived after the expected count (duplicates)
     receiver_cpu_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # hookd_cpu_s split by process role (api, worker-1, …; one "serve" in serve mode)
+    cpu_by_role_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -497,6 +503,13 @@ class DrainResult:
     def cpu_us_per_delivery(self) -> float:
         return self.hookd_cpu_s * 1e6 / self.received if self.received else float("nan")
 
+    def role_cpu_us_per_delivery(self) -> dict[str, float]:
+        """hookd's CPU per delivery, by process role."""
+        return {
+            role: cpu * 1e6 / self.received if self.received else float("nan")
+            for role, cpu in self.cpu_by_role_s.items()
+        }
+
     @property
     def loop_cpu_us_per_delivery(self) -> float:
         """The event-loop threads' share: on one core, what bounds ``hookd serve``."""
@@ -520,6 +533,9 @@ class DrainResult:
             "hookd_cpu_s": round(self.hookd_cpu_s, 3),
             "hookd_cpu_us_per_delivery": round(self.cpu_us_per_delivery, 1),
             "hookd_loop_cpu_us_per_delivery": round(self.loop_cpu_us_per_delivery, 1),
+            "hookd_cpu_us_per_delivery_by_role": {
+                role: round(us, 1) for role, us in self.role_cpu_us_per_delivery().items()
+            },
             "db_backend_cpu_s": round(self.db_cpu_s, 3),
             "receiver_cpu_s": round(self.receiver_cpu_s, 3),
             "hookd_peak_rss_kib": self.peak_rss_kib,
@@ -548,7 +564,7 @@ def measure_drain(
     """
     dep.check_alive()
     before = receiver.request_count()
-    cpu_before = dep.cpu_seconds()
+    cpu_before = dep.cpu_seconds_by_role()
     loop_before = dep.loop_cpu_seconds()
     db_before = dep.db.backend_cpu()
     recv_cpu_before = receiver.cpu_seconds()
@@ -566,7 +582,7 @@ def measure_drain(
             if proc.poll() is not None and proc.returncode != 0:
                 break
             time.sleep(poll)
-        hookd_cpu = dep.cpu_seconds() - cpu_before
+        by_role = {r: cpu - cpu_before.get(r, 0.0) for r, cpu in dep.cpu_seconds_by_role().items()}
         loop_cpu = dep.loop_cpu_seconds() - loop_before
         recv_cpu = receiver.cpu_seconds() - recv_cpu_before
         db_after = dep.db.backend_cpu()
@@ -584,7 +600,8 @@ def measure_drain(
         received=min(received, expected) if done_at is not None else final,
         publish=published,
         done_at=done_at,
-        hookd_cpu_s=hookd_cpu,
+        hookd_cpu_s=sum(by_role.values()),
+        cpu_by_role_s=by_role,
         db_cpu_s=db_cpu,
         loop_cpu_s=loop_cpu,
         peak_rss_kib=dep.peak_rss_kib(),

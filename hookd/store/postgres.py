@@ -1,5 +1,5 @@
-"""The PostgreSQL driver: an asyncpg pool, and LISTEN/NOTIFY to wake workers and to tell
-every API process's event streams which events were published."""
+"""The PostgreSQL driver: pooled asyncpg connections (hookd.store.pgpool), and LISTEN/NOTIFY
+to wake workers and to tell every API process's event streams which events were published."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from hookd.errors import DatabaseUnavailable
+from hookd.store.pgpool import ConnectionPool
 from hookd.store.queries import EventSink, Op, Published, Query, Statement, drive, load_queries
 
 __all__ = ["API_SETTINGS", "WORKER_SETTINGS", "PostgresDriver"]
@@ -154,12 +155,8 @@ class _Session:
         )
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    return None
-
-
 class PostgresDriver:
-    """Runs store operations on PostgreSQL through a connection pool."""
+    """Runs store operations on PostgreSQL through pools of connections (hookd.store.pgpool)."""
 
     dialect = "postgresql"
     writes_commit_together = False  # each write is a transaction on a pooled connection
@@ -168,7 +165,7 @@ class PostgresDriver:
         self.dsn = dsn
         self.pool_size = pool_size
         self._queries = load_queries("postgresql")
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ConnectionPool | None = None
         self._work = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -179,22 +176,13 @@ class PostgresDriver:
         self._listening = asyncio.Event()
         # The delivery worker's own connections: its operations never queue behind API
         # requests for a pooled connection, and its session settings suit its statements.
-        self._worker_pool: asyncpg.Pool | None = None
+        self._worker_pool: ConnectionPool | None = None
 
     async def start(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=1,
-                max_size=self.pool_size,
-                max_inactive_connection_lifetime=300,
-                command_timeout=60,
-                # hookd keeps no session state on pooled connections (no SET, LISTEN or
-                # session locks), so the reset query asyncpg sends on every release would
-                # only add a round trip to each operation.
-                reset=_keep_session,
-                server_settings=API_SETTINGS,
-            )
+            pool = ConnectionPool(self.dsn, max_size=self.pool_size, server_settings=API_SETTINGS)
+            await pool.start()
+            self._pool = pool
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
@@ -226,7 +214,7 @@ class PostgresDriver:
         *,
         transaction: bool,
         readonly: bool = False,
-        pool: asyncpg.Pool | None = None,
+        pool: ConnectionPool | None = None,
     ) -> T:
         pool = pool or self._pool
         assert pool is not None, "driver not started"
@@ -291,15 +279,9 @@ class PostgresDriver:
         """
         if self._worker_pool is None:
             try:
-                self._worker_pool = await asyncpg.create_pool(
-                    self.dsn,
-                    min_size=1,
-                    max_size=2,
-                    max_inactive_connection_lifetime=300,
-                    command_timeout=60,
-                    reset=_keep_session,
-                    server_settings=WORKER_SETTINGS,
-                )
+                pool = ConnectionPool(self.dsn, max_size=2, server_settings=WORKER_SETTINGS)
+                await pool.start()
+                self._worker_pool = pool
             except _UNAVAILABLE as exc:
                 raise DatabaseUnavailable(str(exc)) from exc
         return await self._run(op, transaction=False, pool=self._worker_pool)
