@@ -8,9 +8,10 @@ to see what a change to hookd saves (run it on two snapshots, ``run_all.py --sna
 and how the API's routes compare with one another.
 
 A child process builds hookd's ASGI app (``create_app`` over a SQLite store in a file of
-its own: migrated, an organization, an API key, one webhook; rate limiter off, as in
-``api_throughput``'s headline figures) and calls it in-process, without a socket or
-uvicorn. Routes, lettered as in ``api_throughput``:
+its own, or with ``--db postgres`` over a PostgreSQL database of its own: migrated, an
+organization, an API key, one webhook; rate limiter off, as in ``api_throughput``'s
+headline figures) and calls it in-process, without a socket or uvicorn. PostgreSQL's
+server runs outside valgrind: the counts are hookd's side of each request only. Routes, lettered as in ``api_throughput``:
 
 (a) ``GET /healthz``: the trivial route;
 (b) ``GET /v2/webhooks/{id}``: authenticate, read one webhook, render it;
@@ -38,6 +39,7 @@ on timing, so (e)'s count moves a little from run to run (about 1 %), unlike tho
 answer. Results: ``bench/results/instructions.jsonl``.
 
     python bench/instructions.py                 # ~5 min on 2 cores (Python under valgrind)
+    python bench/instructions.py --db postgres --routes de   # hookd's side on PostgreSQL
     python bench/instructions.py --smoke         # seconds, no valgrind needed
 """
 
@@ -65,6 +67,7 @@ if __package__ in (None, ""):
     # names (run_all.py --snapshot), not this checkout's.
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
+from bench.api_throughput import Database
 from bench.common import (
     Result,
     add_run_arguments,
@@ -99,6 +102,8 @@ ROUTES: dict[str, Route] = {
     ),
 }
 CONCURRENCY = 32
+STORES = {"sqlite": "SQLite", "postgres": "PostgreSQL (hookd's side)"}
+SUFFIX = {"sqlite": "", "postgres": ", PostgreSQL"}  # SQLite's names are those of earlier runs
 _COLLECTED = re.compile(r"Collected : (\d+)")
 _SOURCE = re.compile(r"^hookd from (.+)$", re.M)
 
@@ -153,7 +158,7 @@ async def _asgi_call(
     await app(scope, receive, send)
 
 
-async def _child(database: str, key: str, route: str, requests: int, warmup: int) -> None:
+async def _child(database_url: str, key: str, route: str, requests: int, warmup: int) -> None:
     """Build the app, warm every route up, then call ``route`` ``requests`` times."""
     import hookd
     from hookd.api import create_app
@@ -161,7 +166,7 @@ async def _child(database: str, key: str, route: str, requests: int, warmup: int
     from hookd.settings import Settings
     from hookd.store import Store
 
-    settings = Settings(database_url=f"sqlite:///{database}", rate_limit=0)
+    settings = Settings(database_url=database_url, rate_limit=0)
     store = Store(open_driver_for(settings))
     await store.start()
     app = create_app(settings, store)
@@ -209,7 +214,7 @@ FANOUT = 10
 DELIVERY_TOPIC = "post.created"
 
 
-async def _delivery_child(database: str, key: str, receiver: str, events: int) -> None:
+async def _delivery_child(database_url: str, key: str, receiver: str, events: int) -> None:
     """(e): a warm-up burst, then ``events`` events to FANOUT webhooks, each drained to the
     receiver by the worker before the next burst; the count covers both."""
     import hookd
@@ -220,7 +225,7 @@ async def _delivery_child(database: str, key: str, receiver: str, events: int) -
     from hookd.store import Store
 
     settings = Settings(
-        database_url=f"sqlite:///{database}",
+        database_url=database_url,
         rate_limit=0,
         allow_http=True,
         allowed_networks=("127.0.0.0/8",),
@@ -298,25 +303,37 @@ WARMUP_EVENTS = 32
 # =========================================================================== parent
 
 
-def _prepare(directory: Path) -> tuple[Path, str]:
-    """A migrated SQLite file with the organization ``bench`` and a key of it."""
-    database = directory / "hookd.db"
-    env = {**os.environ, "HOOKD_DATABASE_URL": f"sqlite:///{database}"}
+def _prepare(directory: Path, db: str, admin_url: str) -> tuple[Database, str]:
+    """A migrated database with the organization ``bench`` and a key of it: the template
+    that each child copies."""
+    database = Database(db, directory, admin_url)
+    database.create()
+    env = {**os.environ, "HOOKD_DATABASE_URL": database.url}
     run_hookd_cli(["migrate"], env, directory)
     run_hookd_cli(["orgs", "create", "bench"], env, directory)
     key = run_hookd_cli(["keys", "create", "bench", "--name", "bench"], env, directory)
     return database, key
 
 
+def _copy(template: Database, route: str, workdir: Path) -> Database:
+    """The child ``route``'s own copy of the template database."""
+    if template.kind == "sqlite":
+        own = Database("sqlite", workdir / route, template.admin_url)
+        (workdir / route).mkdir()
+        shutil.copyfile(template.url.removeprefix("sqlite:///"), own.url.removeprefix("sqlite:///"))
+        return own
+    own = Database("postgres", workdir, template.admin_url)
+    asyncio.run(own._pg(f'CREATE DATABASE "{own.name}" TEMPLATE "{template.name}"'))
+    return own
+
+
 def _run_child(
-    source: Path, key: str, route: str, args: argparse.Namespace, workdir: Path
+    database: Database, key: str, route: str, args: argparse.Namespace, workdir: Path
 ) -> tuple[int | None, str]:
     """Run one child on its own copy of the database: its instruction count (None in a
     smoke run, without valgrind) and where its hookd came from. Children ``e0``/``e`` and
     ``s0``/``s`` are (e)'s and (s)'s pairs: without and with the counted burst."""
-    own = workdir / f"{route}.db"
-    shutil.copyfile(source, own)
-    options: dict[str, Any] = {"--child": route, "--database": own, "--key": key}
+    options: dict[str, Any] = {"--child": route, "--database-url": database.url, "--key": key}
     if route in ("e0", "e", "s0", "s"):
         counted = args.events if route in ("e", "s") else 0
         options.update({"--events": counted, "--receiver-url": args.receiver_url})
@@ -360,8 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hash-seed", type=int, default=0, help="PYTHONHASHSEED of the children (default 0)"
     )
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the store: a SQLite file (default) or a database on --pg-admin-url's server",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--database", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--receiver-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -369,11 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         if args.child in ("e0", "e"):
-            child = _delivery_child(args.database, args.key, args.receiver_url, args.events)
+            child = _delivery_child(args.database_url, args.key, args.receiver_url, args.events)
         elif args.child in ("s0", "s"):
             child = _sender_child(args.receiver_url, args.events * FANOUT)
         else:
-            child = _child(args.database, args.key, args.child, args.requests, args.warmup)
+            child = _child(args.database_url, args.key, args.child, args.requests, args.warmup)
         uvloop.run(child)
         return 0
     if args.smoke:
@@ -382,26 +405,35 @@ def main(argv: list[str] | None = None) -> int:
         print("instructions: needs valgrind (apt-get install -y valgrind)", file=sys.stderr)
         return 1
     commit = hookd_commit()
-    print(f"instructions: {args.requests} requests per route, hookd at {commit}", flush=True)
+    print(
+        f"instructions: {args.requests} requests per route, {STORES[args.db]}, hookd at {commit}",
+        flush=True,
+    )
     deliveries = "e" in args.routes and args.events > 0
     if not deliveries and not any(k in args.routes for k in ROUTES):
         parser.error(f"nothing to count: --routes takes letters of {''.join(ROUTES)}e")
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="hookd-instr-"))
         workdir = Path(tmp)
-        database, key = _prepare(workdir)
+        template, key = _prepare(workdir, args.db, args.pg_admin_url)
+        stack.callback(template.drop)
         api = [k for k in ROUTES if k in args.routes]
         routes = ["none", *api] if api else []
         if deliveries:
             receiver = stack.enter_context(Receiver.start(kind=receiver_kind(args.smoke)))
             args.receiver_url = receiver.url
             routes += ["e0", "e", "s0", "s"]
+        # Copied before any child starts: PostgreSQL copies a template no one is connected to.
+        copies = {}
+        for route in routes:
+            copies[route] = _copy(template, route, workdir)
+            stack.callback(copies[route].drop)
         workers = max(1, min(len(routes), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             ran = dict(
                 zip(
                     routes,
-                    pool.map(lambda r: _run_child(database, key, r, args, workdir), routes),
+                    pool.map(lambda r: _run_child(copies[r], key, r, args, workdir), routes),
                     strict=True,
                 )
             )
@@ -419,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     per = {k: (counts[k] - counts["none"]) / args.requests for k in api}  # type: ignore[operator]
     results = [
         Result(
-            f"instructions per request: ({k}) {ROUTES[k].name}",
+            f"instructions per request: ({k}) {ROUTES[k].name}{SUFFIX[args.db]}",
             per[k],
             "instr",
             None if k == "a" or "a" not in per else per["a"],
@@ -434,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_per = (counts["s"] - counts["s0"]) / sent  # type: ignore[operator]
         results += [
             Result(
-                f"instructions per delivery: (e) publish, claim, send, settle ({FANOUT} webhooks)",
+                f"instructions per delivery: (e) publish, claim, send, settle ({FANOUT} webhooks)"
+                + SUFFIX[args.db],
                 hookd_per,
                 "instr",
                 raw_per,

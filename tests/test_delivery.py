@@ -141,6 +141,31 @@ async def test_only_active_subscribed_webhooks_of_the_organization_receive(
     assert await deliveries(api, paused["id"]) == [], "a paused webhook gets no new deliveries"
 
 
+async def test_webhooks_subscribed_since_the_last_publish_receive(
+    delivering: Api, receiver: Receiver
+) -> None:
+    """On PostgreSQL a publish is one statement that finds its targets itself, sent with as
+    many delivery ids as the organization's last publish had targets (and two more). One
+    that finds more writes nothing, not even its idempotency key, and is sent again with
+    enough: every webhook subscribed since gets its delivery, and the key holds after."""
+    api = delivering
+    first = await webhook(api, receiver, "/first")
+    await api.publish()
+    await receiver.wait_for(1, "/first")
+    later = [await webhook(api, receiver, f"/later-{n}") for n in range(5)]
+    headers = {"Idempotency-Key": "after-five-more"}
+    published = await api.publish(headers=headers)
+    await receiver.wait_for(7)
+    for hook in (first, *later):
+        assert published["id"] in [d["eventId"] for d in await deliveries(api, hook["id"])]
+    again = await api.post(
+        "/v2/events", json={"topic": "post.created", "data": {"item": {}}}, headers=headers
+    )
+    assert again.json() == published and again.headers.get("Idempotent-Replayed") == "true"
+    await asyncio.sleep(0.3)
+    assert len(receiver.requests) == 7
+
+
 async def test_conversation_fields_are_copied_to_the_envelope(
     delivering: Api, receiver: Receiver
 ) -> None:

@@ -121,31 +121,46 @@ def publish(
     return event_id, draft.topic, now, True
 
 
+# How many targets each organization's last publish through this process had: the number
+# of delivery ids the next one sends (ids are cheap, a statement sent again is not).
+_TARGETS_SEEN: dict[str, int] = {}
+_TARGETS_SEEN_MAX = 10_000
+_SPARE_IDS = 2
+
+
 def publish_in_one_statement(
     organization_id: str, draft: EventDraft, idempotency_key: str | None, now: int
 ) -> Op[tuple[str, str, int, bool]]:
-    """:func:`publish` for PostgreSQL in one atomic statement after a read: the idempotency
-    key, the event and its deliveries are written together or not at all, without a
-    transaction's extra round trips. The statement checks again that each target is still
-    active, so a webhook paused or deleted meanwhile gets nothing."""
+    """:func:`publish` for PostgreSQL in one atomic statement: the idempotency key, the
+    event and its deliveries are written together or not at all, and the statement finds
+    the targets itself, so a publish is one round trip. It needs a delivery id per target;
+    it is sent as many as the organization's last publish had targets, and a few more, and
+    is sent again with enough in the rare case that they do not suffice (a webhook created
+    or subscribed since), having written nothing."""
     event_id = new_event_id(now)
-    targets = yield rows("webhooks_active", organization_id=organization_id)
-    hooks = [t["id"] for t in targets if draft.topic in _json_list(t["topics"])]
-    written = yield one(
-        "publish",
-        organization_id=organization_id,
-        key=idempotency_key,
-        expired_before=now - IDEMPOTENCY_TTL_MS,
-        id=event_id,
-        topic=draft.topic,
-        data=draft.data,
-        conversation_id=draft.conversation_id,
-        conversation_url=draft.conversation_url,
-        created_at=now,
-        traceparent=draft.traceparent,
-        delivery_ids=[new_object_id(now) for _ in hooks],
-        webhook_ids=hooks,
-    )
+    wanted = _TARGETS_SEEN.get(organization_id, 0) + _SPARE_IDS
+    while True:
+        written = yield one(
+            "publish",
+            organization_id=organization_id,
+            key=idempotency_key,
+            expired_before=now - IDEMPOTENCY_TTL_MS,
+            id=event_id,
+            topic=draft.topic,
+            data=draft.data,
+            conversation_id=draft.conversation_id,
+            conversation_url=draft.conversation_url,
+            created_at=now,
+            traceparent=draft.traceparent,
+            delivery_ids=[new_object_id(now) for _ in range(wanted)],
+        )
+        targets = written["targets"]
+        if len(_TARGETS_SEEN) >= _TARGETS_SEEN_MAX and organization_id not in _TARGETS_SEEN:
+            _TARGETS_SEEN.clear()
+        _TARGETS_SEEN[organization_id] = targets
+        if targets <= wanted:
+            break
+        wanted = targets + _SPARE_IDS
     if not written["created"]:
         first = yield one("idempotency_get", organization_id=organization_id, key=idempotency_key)
         return first["id"], first["topic"], first["created_at"], False

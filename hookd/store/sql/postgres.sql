@@ -331,19 +331,30 @@ WITH locked AS (
 SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT count(*) FROM tried);
 
 -- name: publish
--- An event, its idempotency key (when given and not held by a live earlier request) and
--- its deliveries, in one statement. The key is taken first: a concurrent request with the
--- same key waits on it, then finds it held and writes nothing. Targets are checked again
--- here, so a webhook paused or deleted since they were read gets no delivery.
-WITH claimed AS (
+-- An event, its idempotency key (when given and not held by a live earlier request) and a
+-- delivery to each active webhook subscribed to its topic, in one statement: the targets
+-- are those of the statement's own snapshot, so a webhook paused, deleted or created
+-- meanwhile is either wholly before or wholly after it.
+-- The delivery ids come from hookd (:delivery_ids, one per target in id order). When the
+-- targets outnumber them, nothing is written, not even the key, and `targets` says how
+-- many to send again. The key is taken first: a concurrent request with the same key waits
+-- on it, then finds it held and writes nothing.
+WITH targets AS (
+    SELECT w.id, row_number() OVER (ORDER BY w.id) AS n
+    FROM webhooks w
+    WHERE w.organization_id = :organization_id AND w.status = 'active' AND w.deleted_at IS NULL
+      AND w.topics::jsonb ? :topic
+), enough AS (
+    SELECT 1 WHERE (SELECT count(*) FROM targets) <= cardinality(:delivery_ids::text[])
+), claimed AS (
     INSERT INTO idempotency_keys (organization_id, key, event_id, created_at)
-    SELECT :organization_id, :key::text, :id, :created_at WHERE :key::text IS NOT NULL
+    SELECT :organization_id, :key::text, :id, :created_at FROM enough WHERE :key::text IS NOT NULL
     ON CONFLICT (organization_id, key) DO UPDATE
     SET event_id = excluded.event_id, created_at = excluded.created_at
     WHERE idempotency_keys.created_at < :expired_before
     RETURNING 1
 ), go AS (
-    SELECT 1 WHERE :key::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
+    SELECT 1 FROM enough WHERE :key::text IS NULL OR EXISTS (SELECT 1 FROM claimed)
 ), event AS (
     INSERT INTO events (id, organization_id, topic, data, conversation_id, conversation_url, is_test, created_at,
                         traceparent)
@@ -353,13 +364,14 @@ WITH claimed AS (
 ), queued AS (
     INSERT INTO deliveries (id, webhook_id, event_id, topic, is_test, status, attempt_count,
                             next_attempt_at, created_at)
-    SELECT u.id, u.webhook_id, :id, :topic, false, 'pending', 0, :created_at, :created_at
-    FROM unnest(:delivery_ids::text[], :webhook_ids::text[]) AS u(id, webhook_id)
-    JOIN webhooks w ON w.id = u.webhook_id AND w.status = 'active' AND w.deleted_at IS NULL
+    SELECT u.id, t.id, :id, :topic, false, 'pending', 0, :created_at, :created_at
+    FROM targets t
+    JOIN unnest(:delivery_ids::text[]) WITH ORDINALITY AS u(id, n) ON u.n = t.n
     WHERE EXISTS (SELECT 1 FROM event)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM event) AS created, (SELECT count(*) FROM queued) AS deliveries;
+SELECT (SELECT count(*) FROM event) AS created, (SELECT count(*) FROM queued) AS deliveries,
+       (SELECT count(*) FROM targets) AS targets;
 
 -- name: events_by_ids
 SELECT * FROM events WHERE id = ANY(:ids::text[]);
