@@ -84,6 +84,13 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("listing", "listing.py", ("--db", "both")),
     Bench("dashboard", "dashboard.py", ("--db", "both")),
     Bench("instructions", "instructions.py", full_timeout=2400.0),
+    # hookd's side of a publish and of a delivery on PostgreSQL (the server outside valgrind).
+    Bench(
+        "instructions-postgres",
+        "instructions.py",
+        ("--db", "postgres", "--routes", "de"),
+        full_timeout=2400.0,
+    ),
     Bench("helper-thread", "helper_thread.py"),
     Bench("metrics", "metrics.py", full_timeout=2400.0),
     # Regenerates docs/metrics.svg in a full run (not with --no-save); checked either way.
