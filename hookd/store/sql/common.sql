@@ -112,7 +112,8 @@ UPDATE webhooks SET deleted_at = :now, updated_at = :now
 WHERE id = :id AND organization_id = :organization_id AND deleted_at IS NULL;
 
 -- name: webhooks_active
--- The fan-out targets of a publish: topics are filtered in Python.
+-- The fan-out targets of a publish on SQLite, topics filtered in Python (PostgreSQL's
+-- publish statement finds its targets itself).
 SELECT id, topics FROM webhooks
 WHERE organization_id = :organization_id AND status = 'active' AND deleted_at IS NULL;
 
