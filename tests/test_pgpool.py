@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import pytest
@@ -39,14 +41,20 @@ async def _kill(dsn: str, pid: int) -> None:
         await conn.close()
 
 
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[ConnectionPool]:
-    pool = ConnectionPool(database_url, max_size=2, server_settings={"jit": "off"})
+@asynccontextmanager
+async def _started(database_url: str, **options: Any) -> AsyncIterator[ConnectionPool]:
+    pool = ConnectionPool(database_url, **{"max_size": 2, "server_settings": {}, **options})
     await pool.start()
     try:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[ConnectionPool]:
+    async with _started(database_url, server_settings={"jit": "off"}) as pool:
+        yield pool
 
 
 async def _pid(pool: ConnectionPool) -> int:
@@ -158,9 +166,7 @@ async def test_a_connection_killed_while_idle_is_replaced(
 async def test_a_waiter_gets_the_place_of_a_connection_that_broke(
     engine: str, database_url: str
 ) -> None:
-    pool = ConnectionPool(database_url, max_size=1, server_settings={})
-    await pool.start()
-    try:
+    async with _started(database_url, max_size=1) as pool:
         holding = asyncio.Event()
         fail = asyncio.Event()
 
@@ -179,16 +185,12 @@ async def test_a_waiter_gets_the_place_of_a_connection_that_broke(
             await breaking
         await asyncio.wait_for(waiting, 10)
         assert pool.size == 1
-    finally:
-        await pool.close()
 
 
 async def test_a_waiter_cancelled_as_it_is_handed_a_connection_passes_it_on(
     engine: str, database_url: str
 ) -> None:
-    pool = ConnectionPool(database_url, max_size=1, server_settings={})
-    await pool.start()
-    try:
+    async with _started(database_url, max_size=1) as pool:
         loan = pool.acquire()
         await loan.__aenter__()
         first = asyncio.create_task(_pid(pool))
@@ -200,16 +202,12 @@ async def test_a_waiter_cancelled_as_it_is_handed_a_connection_passes_it_on(
             await first
         await asyncio.wait_for(second, 10)
         assert (pool.size, pool.idle) == (1, 1)
-    finally:
-        await pool.close()
 
 
 async def test_connections_idle_past_their_lifetime_are_closed(
     engine: str, database_url: str
 ) -> None:
-    pool = ConnectionPool(database_url, max_size=3, server_settings={}, idle_lifetime=0.2)
-    await pool.start()
-    try:
+    async with _started(database_url, max_size=3, idle_lifetime=0.2) as pool:
         release = asyncio.Event()
 
         async def hold() -> None:
@@ -226,8 +224,6 @@ async def test_connections_idle_past_their_lifetime_are_closed(
             await _pid(pool)  # each return closes the one idle longest
         await asyncio.sleep(0.2)
         assert (pool.size, await _backends(database_url)) == (1, 1)
-    finally:
-        await pool.close()
 
 
 async def test_close_ends_every_connection(engine: str, database_url: str) -> None:

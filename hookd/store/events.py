@@ -54,18 +54,25 @@ def _insert_event(
         now,
     )
     yield run(
-        "event_insert",
-        id=event.id,
-        organization_id=organization_id,
-        topic=event.topic,
-        data=event.data,
-        conversation_id=event.conversation_id,
-        conversation_url=event.conversation_url,
-        is_test=is_test,
-        created_at=now,
-        traceparent=draft.traceparent,
+        "event_insert", **_event_columns(event_id, organization_id, draft, now), is_test=is_test
     )
     return event
+
+
+def _event_columns(
+    event_id: str, organization_id: str, draft: EventDraft, now: int
+) -> dict[str, Any]:
+    """An event's columns as statement parameters (``is_test`` aside)."""
+    return {
+        "id": event_id,
+        "organization_id": organization_id,
+        "topic": draft.topic,
+        "data": draft.data,
+        "conversation_id": draft.conversation_id,
+        "conversation_url": draft.conversation_url,
+        "created_at": now,
+        "traceparent": draft.traceparent,
+    }
 
 
 def _delivery_row(
@@ -142,16 +149,9 @@ def publish_in_one_statement(
     while True:
         written = yield one(
             "publish",
-            organization_id=organization_id,
+            **_event_columns(event_id, organization_id, draft, now),
             key=idempotency_key,
             expired_before=now - IDEMPOTENCY_TTL_MS,
-            id=event_id,
-            topic=draft.topic,
-            data=draft.data,
-            conversation_id=draft.conversation_id,
-            conversation_url=draft.conversation_url,
-            created_at=now,
-            traceparent=draft.traceparent,
             delivery_ids=[new_object_id(now) for _ in range(wanted)],
         )
         targets = written["targets"]
