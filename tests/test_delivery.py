@@ -145,9 +145,10 @@ async def test_webhooks_subscribed_since_the_last_publish_receive(
     delivering: Api, receiver: Receiver
 ) -> None:
     """On PostgreSQL a publish is one statement that finds its targets itself, sent with as
-    many delivery ids as the organization's last publish had targets (and two more). One
-    that finds more writes nothing, not even its idempotency key, and is sent again with
-    enough: every webhook subscribed since gets its delivery, and the key holds after."""
+    many delivery ids as the last publish of the organization and topic had targets (and
+    two more). One that finds more writes nothing, not even its idempotency key, and is sent
+    again with enough: every webhook subscribed since gets its delivery, and the key holds
+    after."""
     api = delivering
     first = await webhook(api, receiver, "/first")
     await api.publish()

@@ -128,9 +128,10 @@ def publish(
     return event_id, draft.topic, now, True
 
 
-# How many targets each organization's last publish through this process had: the number
-# of delivery ids the next one sends (ids are cheap, a statement sent again is not).
-_TARGETS_SEEN: dict[str, int] = {}
+# How many targets the last publish of each organization and topic through this process
+# had: the number of delivery ids the next one sends (ids are cheap, a statement sent
+# again is not).
+_TARGETS_SEEN: dict[tuple[str, str], int] = {}
 _TARGETS_SEEN_MAX = 10_000
 _SPARE_IDS = 2
 
@@ -140,12 +141,13 @@ def publish_in_one_statement(
 ) -> Op[tuple[str, str, int, bool]]:
     """:func:`publish` for PostgreSQL in one atomic statement: the idempotency key, the
     event and its deliveries are written together or not at all, and the statement finds
-    the targets itself, so a publish is one round trip. It needs a delivery id per target;
-    it is sent as many as the organization's last publish had targets, and a few more, and
-    is sent again with enough in the rare case that they do not suffice (a webhook created
-    or subscribed since), having written nothing."""
+    the targets itself, so a publish is one round trip. It needs a delivery id per target:
+    it is sent as many as the last publish of the organization and topic had targets, and
+    a few more, and is sent again with enough in the rare case that they do not suffice (a
+    webhook created or subscribed since), having written nothing."""
     event_id = new_event_id(now)
-    wanted = _TARGETS_SEEN.get(organization_id, 0) + _SPARE_IDS
+    seen = (organization_id, draft.topic)
+    wanted = _TARGETS_SEEN.get(seen, 0) + _SPARE_IDS
     while True:
         written = yield one(
             "publish",
@@ -155,9 +157,9 @@ def publish_in_one_statement(
             delivery_ids=[new_object_id(now) for _ in range(wanted)],
         )
         targets = written["targets"]
-        if len(_TARGETS_SEEN) >= _TARGETS_SEEN_MAX and organization_id not in _TARGETS_SEEN:
+        if len(_TARGETS_SEEN) >= _TARGETS_SEEN_MAX and seen not in _TARGETS_SEEN:
             _TARGETS_SEEN.clear()
-        _TARGETS_SEEN[organization_id] = targets
+        _TARGETS_SEEN[seen] = targets
         if targets <= wanted:
             break
         wanted = targets + _SPARE_IDS
