@@ -2,10 +2,11 @@
 
 asyncpg's own pool does more per loan than hookd needs: each acquire with a timeout runs
 under a ``wait_for`` of its own, each release in a task of its own (``asyncio.shield``),
-each loan wraps the connection in a proxy and re-arms an idle timer. On a publish over
-PostgreSQL (two loans: the key's look-up, then the write) that was about 0.1 M of the
-1.28 M instructions the request cost (``bench/README.md``). This pool lends connections
-for the price of a list pop and an append:
+each loan wraps the connection in a proxy and re-arms an idle timer. A publish over
+PostgreSQL takes two loans (the key's look-up, then the write), and they were about a
+fifth of what it cost hookd: 1,277,262 instructions with asyncpg's pool against 1,023,295
+with this one, for an event to 10 webhooks (``bench/README.md``). This pool lends
+connections for the price of a list pop and an append:
 
 * idle connections are kept most recently used first, so that a quiet pool keeps using
   the same few connections and the others reach their idle lifetime and are closed;
