@@ -87,6 +87,7 @@ from bench.common import (
     run_hookd_cli,
     start_process,
     stop_process,
+    system_cpu_seconds,
     wait_for_port,
 )
 
@@ -193,10 +194,14 @@ class Database:
     def backend_cpu(self) -> dict[int, float]:
         """CPU seconds so far of each PostgreSQL backend connected to this database (the
         server's pool and LISTEN connection), by pid; empty for SQLite."""
+        return {pid: total for pid, (total, _system) in self.backend_cpu_split().items()}
+
+    def backend_cpu_split(self) -> dict[int, tuple[float, float]]:
+        """:meth:`backend_cpu` with each backend's kernel share: ``(all, system)`` seconds."""
         if self.name is None:
             return {}
         pids = asyncio.run(self._backend_pids())
-        return {pid: cpu_seconds(pid) for pid in pids}
+        return {pid: (cpu_seconds(pid), system_cpu_seconds(pid)) for pid in pids}
 
     async def _backend_pids(self) -> list[int]:
         import asyncpg

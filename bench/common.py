@@ -44,6 +44,7 @@ __all__ = [
     "run_hookd_cli",
     "start_process",
     "stop_process",
+    "system_cpu_seconds",
     "thread_cpu_seconds",
     "wait_for_port",
 ]
@@ -200,15 +201,26 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _stat_cpu_seconds(path: str) -> float:
-    """User+system CPU seconds in a ``/proc/.../stat`` file, or 0 if it is gone."""
+def _stat_times(path: str) -> tuple[float, float]:
+    """User and system CPU seconds in a ``/proc/.../stat`` file, or zeros if it is gone."""
     try:
         with open(path, encoding="ascii") as fh:
             # The command name (field 2) may contain spaces: split after its ")".
             fields = fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return 0.0, 0.0
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def _stat_cpu_seconds(path: str) -> float:
+    """User+system CPU seconds in a ``/proc/.../stat`` file, or 0 if it is gone."""
+    return sum(_stat_times(path))
+
+
+def system_cpu_seconds(pid: int) -> float:
+    """The kernel's share of :func:`cpu_seconds` for *pid* (all threads): system calls,
+    above all the socket reads and writes of each round trip. 0 if the process is gone."""
+    return _stat_times(f"/proc/{pid}/stat")[1]
 
 
 def thread_cpu_seconds(pid: int) -> float:

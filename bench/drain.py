@@ -396,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
                     if res.db_cpu_s
                     else ""
                 )
+                + f"; kernel {res.system_share[0]:.0%} of hookd's"
+                + (f", {res.system_share[1]:.0%} of PG's" if res.db_cpu_s else "")
                 + f", peak RSS {', '.join(f'{k} {v / 1024:.0f} MiB' for k, v in rss.items())}; "
-                f"baseline {base['requests_per_s']:,.0f} req/s; ratio {ratio:.2f}",
+                f"baseline {base['requests_per_s']:,.0f} req/s"
+                f" ({base['client_cpu_s'] * 1e6 / max(1, base['completed']):.0f} us CPU/request,"
+                f" kernel {base['client_system_cpu_s'] / max(1e-9, base['client_cpu_s']):.0%});"
+                f" ratio {ratio:.2f}",
                 flush=True,
             )
             pg_out: dict[str, Any] = {}
@@ -450,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                             "seconds",
                             "latency_ms",
                             "client_cpu_util",
+                            "client_cpu_s",
+                            "client_system_cpu_s",
                             "errors",
                         )
                     },

@@ -50,6 +50,7 @@ from bench.common import (
     run_hookd_cli,
     start_process,
     stop_process,
+    system_cpu_seconds,
     thread_cpu_seconds,
     wait_for_port,
 )
@@ -311,6 +312,10 @@ class Deployment:
         """CPU seconds so far of each hookd process (all threads), by role."""
         return {c.role: cpu_seconds(c.proc.pid) for c in self.children}
 
+    def system_cpu_seconds_by_role(self) -> dict[str, float]:
+        """The kernel's share of :meth:`cpu_seconds_by_role` (system calls), by role."""
+        return {c.role: system_cpu_seconds(c.proc.pid) for c in self.children}
+
     def loop_cpu_seconds(self) -> float:
         """CPU seconds so far of the event-loop threads of every hookd process."""
         return sum(thread_cpu_seconds(c.proc.pid) for c in self.children)
@@ -476,6 +481,10 @@ class DrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
     # hookd_cpu_s split by process role (api, worker-1, …; one "serve" in serve mode)
     cpu_by_role_s: dict[str, float] = field(default_factory=dict)
+    # The kernel's share of hookd_cpu_s and of db_cpu_s (system calls: mostly the socket
+    # reads and writes of each round trip)
+    hookd_system_cpu_s: float = 0.0
+    db_system_cpu_s: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -511,6 +520,14 @@ class DrainResult:
         }
 
     @property
+    def system_share(self) -> tuple[float, float]:
+        """The kernel's share of hookd's CPU and of PostgreSQL's backends' (0 to 1)."""
+        return (
+            self.hookd_system_cpu_s / self.hookd_cpu_s if self.hookd_cpu_s else float("nan"),
+            self.db_system_cpu_s / self.db_cpu_s if self.db_cpu_s else float("nan"),
+        )
+
+    @property
     def loop_cpu_us_per_delivery(self) -> float:
         """The event-loop threads' share: on one core, what bounds ``hookd serve``."""
         return self.loop_cpu_s * 1e6 / self.received if self.received else float("nan")
@@ -536,7 +553,9 @@ class DrainResult:
             "hookd_cpu_us_per_delivery_by_role": {
                 role: round(us, 1) for role, us in self.role_cpu_us_per_delivery().items()
             },
+            "hookd_system_cpu_s": round(self.hookd_system_cpu_s, 3),
             "db_backend_cpu_s": round(self.db_cpu_s, 3),
+            "db_backend_system_cpu_s": round(self.db_system_cpu_s, 3),
             "receiver_cpu_s": round(self.receiver_cpu_s, 3),
             "hookd_peak_rss_kib": self.peak_rss_kib,
             **self.extra,
@@ -565,8 +584,9 @@ def measure_drain(
     dep.check_alive()
     before = receiver.request_count()
     cpu_before = dep.cpu_seconds_by_role()
+    sys_before = dep.system_cpu_seconds_by_role()
     loop_before = dep.loop_cpu_seconds()
-    db_before = dep.db.backend_cpu()
+    db_before = dep.db.backend_cpu_split()
     recv_cpu_before = receiver.cpu_seconds()
     proc = run_publisher(dep.base, dep.key, events, clients=clients, wait=False)
     assert isinstance(proc, subprocess.Popen)
@@ -583,14 +603,18 @@ def measure_drain(
                 break
             time.sleep(poll)
         by_role = {r: cpu - cpu_before.get(r, 0.0) for r, cpu in dep.cpu_seconds_by_role().items()}
+        hookd_sys = sum(
+            cpu - sys_before.get(r, 0.0) for r, cpu in dep.system_cpu_seconds_by_role().items()
+        )
         loop_cpu = dep.loop_cpu_seconds() - loop_before
         recv_cpu = receiver.cpu_seconds() - recv_cpu_before
-        db_after = dep.db.backend_cpu()
+        db_after = dep.db.backend_cpu_split()
         published = publisher_result(proc, timeout=max(10.0, deadline - time.monotonic() + 30))
     except BaseException:
         stop_process(proc)
         raise
-    db_cpu = sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
+    db_cpu = sum(cpu - db_before.get(pid, (0.0, 0.0))[0] for pid, (cpu, _) in db_after.items())
+    db_sys = sum(s - db_before.get(pid, (0.0, 0.0))[1] for pid, (_, s) in db_after.items())
     if settle > 0 and done_at is not None:
         time.sleep(settle)
     final = receiver.request_count() - before
@@ -602,7 +626,9 @@ def measure_drain(
         done_at=done_at,
         hookd_cpu_s=sum(by_role.values()),
         cpu_by_role_s=by_role,
+        hookd_system_cpu_s=hookd_sys,
         db_cpu_s=db_cpu,
+        db_system_cpu_s=db_sys,
         loop_cpu_s=loop_cpu,
         peak_rss_kib=dep.peak_rss_kib(),
         extra_after=max(0, final - expected),
