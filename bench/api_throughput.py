@@ -81,13 +81,13 @@ from bench.common import (
     Result,
     append_jsonl,
     cpu_seconds,
+    cpu_times,
     free_port,
     print_table,
     read_printed_key,
     run_hookd_cli,
     start_process,
     stop_process,
-    system_cpu_seconds,
     wait_for_port,
 )
 
@@ -201,7 +201,7 @@ class Database:
         if self.name is None:
             return {}
         pids = asyncio.run(self._backend_pids())
-        return {pid: (cpu_seconds(pid), system_cpu_seconds(pid)) for pid in pids}
+        return {pid: cpu_times(pid) for pid in pids}
 
     async def _backend_pids(self) -> list[int]:
         import asyncpg

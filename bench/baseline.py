@@ -43,7 +43,6 @@ if __package__ in (None, ""):
 from bench.common import (
     Result,
     append_jsonl,
-    cpu_seconds,
     peak_rss_kib,
     percentile,
     print_table,
@@ -166,9 +165,13 @@ async def baseline(
                 latencies.append(perf() - started)
                 statuses[status] = statuses.get(status, 0) + 1
 
-    system = {"s": 0.0}  # the kernel's share of the timed part's CPU
+    def usage() -> tuple[float, float]:
+        """This process's CPU seconds so far: (all, system)."""
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        return now.ru_utime + now.ru_stime, now.ru_stime
 
-    async def timed(post: Any) -> tuple[float, float]:
+    async def timed(post: Any) -> tuple[float, float, float]:
+        """The timed part's seconds, CPU seconds and the kernel's share of those."""
         nonlocal counter, stop_at, deadline
         if warmup:
             stop_at = warmup
@@ -177,13 +180,13 @@ async def baseline(
             errors.clear()
         counter = 0
         stop_at = total
-        cpu_before = cpu_seconds()
-        system_before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        cpu_before, system_before = usage()
         started = perf()
         deadline = started + max_seconds
         await asyncio.gather(*(worker(post, True) for _ in range(connections)))
-        system["s"] = resource.getrusage(resource.RUSAGE_SELF).ru_stime - system_before
-        return perf() - started, cpu_seconds() - cpu_before
+        elapsed = perf() - started
+        cpu_after, system_after = usage()
+        return elapsed, cpu_after - cpu_before, system_after - system_before
 
     if client == "hookd":
         from yarl import URL
@@ -199,7 +202,7 @@ async def baseline(
                 return (await transport.post(target, headers, body)).status
 
         try:
-            elapsed, cpu_used = await timed(post_hookd)
+            elapsed, cpu_used, system_used = await timed(post_hookd)
         finally:
             await transport.close()
     else:
@@ -213,7 +216,7 @@ async def baseline(
                     await resp.read()
                     return resp.status
 
-            elapsed, cpu_used = await timed(post_aiohttp)
+            elapsed, cpu_used, system_used = await timed(post_aiohttp)
 
     done = sum(statuses.values())
     ok = sum(v for k, v in statuses.items() if 200 <= k < 300)
@@ -243,7 +246,7 @@ async def baseline(
         },
         "client_cpu_s": cpu_used,
         "client_cpu_util": cpu_used / elapsed if elapsed > 0 else 0.0,
-        "client_system_cpu_s": system["s"],
+        "client_system_cpu_s": system_used,
         "peak_rss_kib": peak_rss_kib(),
         "pid": os.getpid(),
     }

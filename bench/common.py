@@ -34,6 +34,7 @@ __all__ = [
     "add_run_arguments",
     "append_jsonl",
     "cpu_seconds",
+    "cpu_times",
     "free_port",
     "machine_info",
     "peak_rss_kib",
@@ -44,7 +45,6 @@ __all__ = [
     "run_hookd_cli",
     "start_process",
     "stop_process",
-    "system_cpu_seconds",
     "thread_cpu_seconds",
     "wait_for_port",
 ]
@@ -217,10 +217,12 @@ def _stat_cpu_seconds(path: str) -> float:
     return sum(_stat_times(path))
 
 
-def system_cpu_seconds(pid: int) -> float:
-    """The kernel's share of :func:`cpu_seconds` for *pid* (all threads): system calls,
-    above all the socket reads and writes of each round trip. 0 if the process is gone."""
-    return _stat_times(f"/proc/{pid}/stat")[1]
+def cpu_times(pid: int) -> tuple[float, float]:
+    """:func:`cpu_seconds` of *pid* (all threads) as ``(all, system)`` from one read: the
+    second is the kernel's share (system calls, above all the socket reads and writes of
+    each round trip). Zeros if the process is gone."""
+    user, system = _stat_times(f"/proc/{pid}/stat")
+    return user + system, system
 
 
 def thread_cpu_seconds(pid: int) -> float:

@@ -45,12 +45,12 @@ from bench.common import (
     LOOPBACK,
     Result,
     cpu_seconds,
+    cpu_times,
     free_port,
     read_printed_key,
     run_hookd_cli,
     start_process,
     stop_process,
-    system_cpu_seconds,
     thread_cpu_seconds,
     wait_for_port,
 )
@@ -312,9 +312,9 @@ class Deployment:
         """CPU seconds so far of each hookd process (all threads), by role."""
         return {c.role: cpu_seconds(c.proc.pid) for c in self.children}
 
-    def system_cpu_seconds_by_role(self) -> dict[str, float]:
-        """The kernel's share of :meth:`cpu_seconds_by_role` (system calls), by role."""
-        return {c.role: system_cpu_seconds(c.proc.pid) for c in self.children}
+    def cpu_times_by_role(self) -> dict[str, tuple[float, float]]:
+        """:meth:`cpu_seconds_by_role` with the kernel's share: ``(all, system)``, by role."""
+        return {c.role: cpu_times(c.proc.pid) for c in self.children}
 
     def loop_cpu_seconds(self) -> float:
         """CPU seconds so far of the event-loop threads of every hookd process."""
@@ -583,8 +583,7 @@ def measure_drain(
     """
     dep.check_alive()
     before = receiver.request_count()
-    cpu_before = dep.cpu_seconds_by_role()
-    sys_before = dep.system_cpu_seconds_by_role()
+    cpu_before = dep.cpu_times_by_role()
     loop_before = dep.loop_cpu_seconds()
     db_before = dep.db.backend_cpu_split()
     recv_cpu_before = receiver.cpu_seconds()
@@ -602,10 +601,9 @@ def measure_drain(
             if proc.poll() is not None and proc.returncode != 0:
                 break
             time.sleep(poll)
-        by_role = {r: cpu - cpu_before.get(r, 0.0) for r, cpu in dep.cpu_seconds_by_role().items()}
-        hookd_sys = sum(
-            cpu - sys_before.get(r, 0.0) for r, cpu in dep.system_cpu_seconds_by_role().items()
-        )
+        cpu_after = dep.cpu_times_by_role()
+        by_role = {r: cpu - cpu_before.get(r, (0.0, 0.0))[0] for r, (cpu, _) in cpu_after.items()}
+        hookd_sys = sum(s - cpu_before.get(r, (0.0, 0.0))[1] for r, (_, s) in cpu_after.items())
         loop_cpu = dep.loop_cpu_seconds() - loop_before
         recv_cpu = receiver.cpu_seconds() - recv_cpu_before
         db_after = dep.db.backend_cpu_split()
