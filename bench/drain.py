@@ -255,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="one deployment (and database) for every run, instead of a fresh one per run",
     )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        help="HOOKD_BATCH_WAIT_MS for hookd (default: hookd's own); 0 turns the wait off",
+    )
     args = parser.parse_args(argv)
 
     if args.mode == "split" and args.db != "postgres":
@@ -273,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = hookd_commit()
     print(
         f"drain: {args.db}, {args.mode}, {args.webhooks} webhooks x {events:,} events = "
-        f"{expected:,} deliveries, {args.clients} publishers, {runs} run(s); hookd at {commit}",
+        f"{expected:,} deliveries, {args.clients} publishers, {runs} run(s); hookd at {commit}"
+        + ("" if args.batch_wait_ms is None else f", HOOKD_BATCH_WAIT_MS={args.batch_wait_ms:g}"),
         flush=True,
     )
 
@@ -322,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 pg_admin_url=pg_admin_url,
                 webhook_limit=args.webhooks,
+                extra_env=(
+                    {"HOOKD_BATCH_WAIT_MS": f"{args.batch_wait_ms:g}"}
+                    if args.batch_wait_ms is not None
+                    else None
+                ),
             )
             made.tmp.mkdir()
             stack.callback(made.close)
@@ -560,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "commit": commit,
         "label": args.label,
+        "batch_wait_ms": args.batch_wait_ms,
     }
     if pg:
         common["pg_cluster"] = cluster_kind

@@ -56,6 +56,7 @@ def build_worker(settings: Settings, store: Store, clock: Clock = system_clock) 
         max_in_flight_per_org=settings.max_in_flight_per_org,
         concurrency=settings.worker_concurrency,
         poll_interval=settings.poll_interval,
+        batch_wait=settings.batch_wait_ms / 1000,
         lease_margin_ms=round(settings.lease_margin * 1000),
         worker_timeout=settings.worker_timeout,
         retention_days=settings.retention_days,

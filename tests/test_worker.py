@@ -16,10 +16,12 @@ Guarantees), in process, on SQLite and PostgreSQL unless noted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import subprocess
 import sys
 import urllib.parse
+from typing import Any
 
 import pytest
 
@@ -245,3 +247,78 @@ async def _all_succeeded(api: Api, webhook_id: str) -> bool:
     response = await api.get(f"/v2/webhooks/{webhook_id}/deliveries?limit=100")
     data = response.json()["data"]
     return len(data) == 4 and all(d["status"] == "succeeded" for d in data)
+
+
+async def test_a_worker_whose_outcomes_trickle_in_claims_at_once(
+    api: Api, receiver: Receiver
+) -> None:
+    """``batch_wait_ms`` holds a round back only while outcomes pour in: a worker whose
+    attempts are slow (ten held by their receiver) and whose outcomes come one at a time
+    sends each new event's delivery at once, not after the wait."""
+    hold = asyncio.Event()
+    receiver.behave("/slow", hold=hold)
+    await webhook(api, receiver, "/slow", topics=["post.updated"])
+    await webhook(api, receiver, "/fast")
+    for _ in range(10):
+        await api.publish("post.updated")
+    try:
+        async with worker_for(api, batch_wait_ms=5000):
+            await receiver.wait_for(10, "/slow", timeout=10)
+            loop = asyncio.get_running_loop()
+            for n in range(1, 6):
+                started = loop.time()
+                await api.publish()
+                await receiver.wait_for(n, "/fast", timeout=10)
+                assert loop.time() - started < 2.5, f"delivery {n} waited for the batch"
+            hold.set()
+    finally:
+        hold.set()
+
+
+async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
+    api: Api, receiver: Receiver
+) -> None:
+    """While outcomes pour in (the last round wrote at least 16) and attempts are under way,
+    each round first waits ``batch_wait_ms``, so that it writes more outcomes at once. Here
+    one webhook's receiver answers in 50 ms (outcomes pour in), another's in 2 s (its
+    attempts stay under way)."""
+    receiver.behave("/quick", delay=0.05)
+    receiver.behave("/slow", delay=2.0)
+    quick = await webhook(api, receiver, "/quick")
+    slow = await webhook(api, receiver, "/slow")
+    for _ in range(80):
+        await api.publish()
+    rounds: list[tuple[float, float, int, int]] = []  # start, end, last batch, in flight
+    wait = 0.4
+    async with worker_for(api, batch_wait_ms=wait * 1000, max_in_flight_per_webhook=40) as w:
+        loop = asyncio.get_running_loop()
+        turn = w._settle_and_claim
+
+        async def recorded(room: int) -> Any:
+            start, last, in_flight = loop.time(), w._last_batch, len(w._in_flight)
+            try:
+                return await turn(room)
+            finally:
+                rounds.append((start, loop.time(), last, in_flight))
+
+        w._settle_and_claim = recorded  # type: ignore[method-assign]
+        await receiver.wait_for(160, timeout=60)
+        for hook in (quick, slow):
+            await eventually(lambda h=hook: _count_succeeded(api, h["id"], 80), timeout=30)
+    # A round that followed one of at least 16 outcomes, with attempts still under way when
+    # it began (none start during the wait, so they were under way before it too): waited.
+    gathered = [
+        (start - previous_end, last)
+        for (_s, previous_end, _l, _i), (start, _e, last, in_flight) in itertools.pairwise(rounds)
+        if last >= 16 and in_flight > 0
+    ]
+    assert gathered, f"no round followed one that wrote 16 outcomes: {rounds}"
+    assert all(gap >= wait * 0.95 for gap, _last in gathered), gathered
+
+
+async def _count_succeeded(api: Api, webhook_id: str, count: int) -> bool:
+    [(succeeded,)] = await run_sql(
+        api.store,
+        f"SELECT count(*) FROM deliveries WHERE webhook_id = '{webhook_id}' AND status = 'succeeded'",
+    )
+    return int(succeeded) >= count

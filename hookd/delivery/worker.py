@@ -5,7 +5,8 @@ last turn, then claims as much new work as there is room for, and starts an atte
 claimed delivery at once. No transaction is open while a request is in flight. The loop
 sleeps until an attempt finishes, new work is signalled (PostgreSQL LISTEN/NOTIFY, or
 in-process on SQLite), the next delivery falls due, or the poll interval passes (the
-safety net).
+safety net). While outcomes pour in, a turn first waits ``HOOKD_BATCH_WAIT_MS`` for more
+to finish, so that each write carries a bigger batch (see ``Worker._batching``).
 
 Caps. ``HOOKD_MAX_IN_FLIGHT_PER_WEBHOOK`` and ``HOOKD_MAX_IN_FLIGHT_PER_ORG`` hold across
 workers: a claimed delivery is leased until its outcome is written, so attempts running
@@ -56,6 +57,9 @@ log = get_logger("hookd.delivery")
 _stdlog = logging.getLogger("hookd.delivery")
 
 _PURGE_BATCH = 1000
+# A round that wrote at least this many outcomes means they arrive faster than rounds go
+# round: the next one waits WorkerConfig.batch_wait for more (see Worker._batching).
+_BATCH_WAIT_AFTER = 16
 _DAY_MS = 86_400_000
 
 
@@ -72,6 +76,9 @@ class WorkerConfig:
     retention_days: int = 30
     maintenance_interval: float = 5.0
     purge_interval: float = 60.0
+    # Seconds a busy worker lets outcomes gather before it writes them and claims more (see
+    # Worker._batching); 0: write each round's outcomes at once.
+    batch_wait: float = 0.003
 
     @property
     def heartbeat_interval(self) -> float:
@@ -157,6 +164,7 @@ class Worker:
         # Outcomes built but not yet written (the database was away): written first, as
         # they are, so that writing them again after a lost answer changes nothing twice.
         self._unsettled: list[Settlement] = []
+        self._last_batch = 0  # outcomes the last round wrote
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -246,6 +254,7 @@ class Worker:
 
     async def _settle(self) -> None:
         """Write every outcome not yet written (raises DatabaseUnavailable, keeping them)."""
+        self._last_batch = len(self._done)
         if self._done:
             done, self._done = self._done, []
             self._unsettled.append(
@@ -281,6 +290,8 @@ class Worker:
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            if self._batching():
+                await asyncio.sleep(self.config.batch_wait)
             self._wake.clear()
             room = self.config.concurrency - len(self._in_flight)
             try:
@@ -303,6 +314,23 @@ class Worker:
             if self._done:
                 continue
             await self._sleep()
+
+    def _batching(self) -> bool:
+        """Whether the next round should first let outcomes gather for a moment.
+
+        Each round costs the database about as much per statement as it does per row (on
+        PostgreSQL a settle and a claim of 25 deliveries each spend about half their time
+        on work that does not grow with the rows: the plan, the webhooks' health and
+        rollups, the caps), so while outcomes pour in (the last round wrote at least
+        _BATCH_WAIT_AFTER) and more are under way, waiting batch_wait lets one round carry
+        what two or three would have. A worker whose outcomes trickle in (an idle one, or
+        one whose attempts are slow) never waits: its next claim goes out at once."""
+        return (
+            self.config.batch_wait > 0
+            and self._last_batch >= _BATCH_WAIT_AFTER
+            and bool(self._in_flight)
+            and not self._stopping
+        )
 
     async def _settle_and_claim(self, room: int) -> list[ClaimedDelivery]:
         """Write the outcomes, then claim up to ``room`` deliveries (if this worker may).
