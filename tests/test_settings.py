@@ -66,6 +66,7 @@ def test_operational_defaults() -> None:
     settings = load_settings()
     assert settings.worker_concurrency == 256
     assert settings.poll_interval == 1.0
+    assert settings.batch_wait_ms == 3.0
     assert settings.lease_margin == 30.0
     assert settings.worker_timeout == 10.0
     assert settings.db_pool_size == 10
@@ -153,6 +154,8 @@ VALID: list[tuple[str, str, str, Any]] = [
     ("HOOKD_LOG_FORMAT", "text", "log_format", "text"),
     ("HOOKD_WORKER_CONCURRENCY", "8", "worker_concurrency", 8),
     ("HOOKD_POLL_INTERVAL", "0.25", "poll_interval", 0.25),
+    ("HOOKD_BATCH_WAIT_MS", "0", "batch_wait_ms", 0.0),
+    ("HOOKD_BATCH_WAIT_MS", "2.5", "batch_wait_ms", 2.5),
     ("HOOKD_LEASE_MARGIN", "5", "lease_margin", 5.0),
     ("HOOKD_MAX_IN_FLIGHT_PER_ORG", "1", "max_in_flight_per_org", 1),
     ("HOOKD_MAX_IN_FLIGHT_PER_ORG", "5000", "max_in_flight_per_org", 5000),
@@ -251,6 +254,9 @@ INVALID: list[tuple[str, str]] = [
     ("HOOKD_LOG_FORMAT", ""),
     ("HOOKD_WORKER_CONCURRENCY", "0"),
     ("HOOKD_POLL_INTERVAL", "0"),
+    ("HOOKD_BATCH_WAIT_MS", "-1"),
+    ("HOOKD_BATCH_WAIT_MS", "10001"),
+    ("HOOKD_BATCH_WAIT_MS", "soon"),
     ("HOOKD_LEASE_MARGIN", "-1"),
     ("HOOKD_DB_POOL_SIZE", "0"),
     ("HOOKD_SQLITE_SYNCHRONOUS", "off"),
