@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     # Operational knobs beyond SPEC §7, documented in the README's settings table.
     worker_concurrency: int = Field(256, ge=1, le=100_000)
     poll_interval: float = Field(1.0, gt=0, le=3600)
-    batch_wait_ms: float = Field(3.0, ge=0, le=10_000)
+    # None: the engine's default (hookd.server.batch_wait).
+    batch_wait_ms: float | None = Field(None, ge=0, le=10_000)
     lease_margin: float = Field(30.0, ge=0.1, le=86_400)
     worker_timeout: float = Field(10.0, ge=1.0, le=3600)
     db_pool_size: int = Field(10, ge=1, le=1000)

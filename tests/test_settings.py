@@ -66,7 +66,7 @@ def test_operational_defaults() -> None:
     settings = load_settings()
     assert settings.worker_concurrency == 256
     assert settings.poll_interval == 1.0
-    assert settings.batch_wait_ms == 3.0
+    assert settings.batch_wait_ms is None  # the engine's default: hookd.server.batch_wait
     assert settings.lease_margin == 30.0
     assert settings.worker_timeout == 10.0
     assert settings.db_pool_size == 10

@@ -249,45 +249,66 @@ async def _all_succeeded(api: Api, webhook_id: str) -> bool:
     return len(data) == 4 and all(d["status"] == "succeeded" for d in data)
 
 
+async def test_busy_workers_wait_for_outcomes_by_default_on_postgresql_only(api: Api) -> None:
+    """``HOOKD_BATCH_WAIT_MS`` by default: 3 ms on PostgreSQL, none on SQLite (whose one
+    writer already commits a round's writes together); set, it applies on either."""
+    async with worker_for(api) as default:
+        assert default.config.batch_wait == (0.003 if api.store.dialect != "sqlite" else 0.0)
+    async with worker_for(api, batch_wait_ms=7) as chosen:
+        assert chosen.config.batch_wait == 0.007
+    async with worker_for(api, batch_wait_ms=0) as off:
+        assert off.config.batch_wait == 0.0
+
+
 async def test_a_worker_whose_outcomes_trickle_in_claims_at_once(
     api: Api, receiver: Receiver
 ) -> None:
     """``batch_wait_ms`` holds a round back only while outcomes pour in: a worker whose
-    attempts are slow (ten held by their receiver) and whose outcomes come one at a time
-    sends each new event's delivery at once, not after the wait."""
-    hold = asyncio.Event()
-    receiver.behave("/slow", hold=hold)
-    await webhook(api, receiver, "/slow", topics=["post.updated"])
+    attempts are slow (twenty held by their receiver), whose outcomes came in one burst
+    (twenty attempts answered together) and then come one at a time, sends each new event's
+    delivery at once, not after the wait."""
+    held, burst = asyncio.Event(), asyncio.Event()
+    receiver.behave("/held", hold=held)
+    receiver.behave("/burst", hold=burst)
+    await webhook(api, receiver, "/held", topics=["post.updated"])
+    bursting = await webhook(api, receiver, "/burst", topics=["post.deleted"])
     await webhook(api, receiver, "/fast")
-    for _ in range(10):
+    for _ in range(20):
         await api.publish("post.updated")
+        await api.publish("post.deleted")
     try:
-        async with worker_for(api, batch_wait_ms=5000):
-            await receiver.wait_for(10, "/slow", timeout=10)
+        async with worker_for(api, batch_wait_ms=5000, max_in_flight_per_webhook=20):
+            await receiver.wait_for(20, "/held", timeout=10)
+            await receiver.wait_for(20, "/burst", timeout=10)
+            burst.set()
+            await eventually(lambda: _count_succeeded(api, bursting["id"], 20), timeout=10)
             loop = asyncio.get_running_loop()
             for n in range(1, 6):
                 started = loop.time()
                 await api.publish()
                 await receiver.wait_for(n, "/fast", timeout=10)
                 assert loop.time() - started < 2.5, f"delivery {n} waited for the batch"
-            hold.set()
+            held.set()
     finally:
-        hold.set()
+        held.set()
+        burst.set()
 
 
 async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
     api: Api, receiver: Receiver
 ) -> None:
-    """While outcomes pour in (the last round wrote at least 16) and attempts are under way,
+    """While outcomes pour in (the last two rounds wrote at least 16 each) and attempts are under way,
     each round first waits ``batch_wait_ms``, so that it writes more outcomes at once. Here
-    one webhook's receiver answers in 50 ms (outcomes pour in), another's in 2 s (its
-    attempts stay under way)."""
+    one webhook's receiver answers in 50 ms (outcomes pour in, 40 at a time), another's in
+    2 s (its attempts stay under way)."""
     receiver.behave("/quick", delay=0.05)
     receiver.behave("/slow", delay=2.0)
     quick = await webhook(api, receiver, "/quick")
-    slow = await webhook(api, receiver, "/slow")
-    for _ in range(80):
+    slow = await webhook(api, receiver, "/slow", topics=["post.updated"])
+    for _ in range(200):
         await api.publish()
+    for _ in range(40):
+        await api.publish("post.updated")
     rounds: list[tuple[float, float, int, int]] = []  # start, end, last batch, in flight
     wait = 0.4
     async with worker_for(api, batch_wait_ms=wait * 1000, max_in_flight_per_webhook=40) as w:
@@ -295,24 +316,24 @@ async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
         turn = w._settle_and_claim
 
         async def recorded(room: int) -> Any:
-            start, last, in_flight = loop.time(), w._last_batch, len(w._in_flight)
+            start, last, in_flight = loop.time(), w._steady_batch, len(w._in_flight)
             try:
                 return await turn(room)
             finally:
                 rounds.append((start, loop.time(), last, in_flight))
 
         w._settle_and_claim = recorded  # type: ignore[method-assign]
-        await receiver.wait_for(160, timeout=60)
-        for hook in (quick, slow):
-            await eventually(lambda h=hook: _count_succeeded(api, h["id"], 80), timeout=30)
-    # A round that followed one of at least 16 outcomes, with attempts still under way when
+        await receiver.wait_for(240, timeout=60)
+        for hook, count in ((quick, 200), (slow, 40)):
+            await eventually(lambda h=hook, n=count: _count_succeeded(api, h["id"], n), timeout=30)
+    # A round that followed two of at least 16 outcomes, with attempts still under way when
     # it began (none start during the wait, so they were under way before it too): waited.
     gathered = [
         (start - previous_end, last)
         for (_s, previous_end, _l, _i), (start, _e, last, in_flight) in itertools.pairwise(rounds)
         if last >= 16 and in_flight > 0
     ]
-    assert gathered, f"no round followed one that wrote 16 outcomes: {rounds}"
+    assert gathered, f"no round followed two that wrote 16 outcomes each: {rounds}"
     assert all(gap >= wait * 0.95 for gap, _last in gathered), gathered
 
 

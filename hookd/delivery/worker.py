@@ -57,8 +57,10 @@ log = get_logger("hookd.delivery")
 _stdlog = logging.getLogger("hookd.delivery")
 
 _PURGE_BATCH = 1000
-# A round that wrote at least this many outcomes means they arrive faster than rounds go
-# round: the next one waits WorkerConfig.batch_wait for more (see Worker._batching).
+# Two rounds in a row that each wrote at least this many outcomes mean that they arrive
+# faster than rounds go round: the next one waits WorkerConfig.batch_wait for more (see
+# Worker._batching). One such round alone may be a burst (attempts that timed out
+# together), after which nothing more comes soon.
 _BATCH_WAIT_AFTER = 16
 _DAY_MS = 86_400_000
 
@@ -77,8 +79,9 @@ class WorkerConfig:
     maintenance_interval: float = 5.0
     purge_interval: float = 60.0
     # Seconds a busy worker lets outcomes gather before it writes them and claims more (see
-    # Worker._batching); 0: write each round's outcomes at once.
-    batch_wait: float = 0.003
+    # Worker._batching; hookd.server.batch_wait gives the engine's default); 0: write each
+    # round's outcomes at once.
+    batch_wait: float = 0.0
 
     @property
     def heartbeat_interval(self) -> float:
@@ -164,7 +167,9 @@ class Worker:
         # Outcomes built but not yet written (the database was away): written first, as
         # they are, so that writing them again after a lost answer changes nothing twice.
         self._unsettled: list[Settlement] = []
-        self._last_batch = 0  # outcomes the last round wrote
+        # Outcomes the last two rounds wrote: the last round's, and the fewer of the two.
+        self._last_batch = 0
+        self._steady_batch = 0
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -254,6 +259,7 @@ class Worker:
 
     async def _settle(self) -> None:
         """Write every outcome not yet written (raises DatabaseUnavailable, keeping them)."""
+        self._steady_batch = min(self._last_batch, len(self._done))
         self._last_batch = len(self._done)
         if self._done:
             done, self._done = self._done, []
@@ -321,13 +327,14 @@ class Worker:
         Each round costs the database about as much per statement as it does per row (on
         PostgreSQL a settle and a claim of 25 deliveries each spend about half their time
         on work that does not grow with the rows: the plan, the webhooks' health and
-        rollups, the caps), so while outcomes pour in (the last round wrote at least
-        _BATCH_WAIT_AFTER) and more are under way, waiting batch_wait lets one round carry
-        what two or three would have. A worker whose outcomes trickle in (an idle one, or
-        one whose attempts are slow) never waits: its next claim goes out at once."""
+        rollups, the caps), so while outcomes pour in (the last two rounds wrote at least
+        _BATCH_WAIT_AFTER each) and more are under way, waiting batch_wait lets one round
+        carry what two or three would have. A worker whose outcomes trickle in (an idle
+        one, or one whose attempts are slow, even if some time out together) never waits:
+        its next claim goes out at once."""
         return (
             self.config.batch_wait > 0
-            and self._last_batch >= _BATCH_WAIT_AFTER
+            and self._steady_batch >= _BATCH_WAIT_AFTER
             and bool(self._in_flight)
             and not self._stopping
         )
