@@ -337,6 +337,37 @@ async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
     assert all(gap >= wait * 0.95 for gap, _last in gathered), gathered
 
 
+async def test_a_worker_stops_at_once_in_the_middle_of_a_batch_wait(
+    api: Api, receiver: Receiver
+) -> None:
+    """A stop ends a batch wait at once, however long ``batch_wait_ms`` is."""
+    held = asyncio.Event()
+    receiver.behave("/held", hold=held)
+    await webhook(api, receiver, "/held", topics=["post.updated"])
+    await webhook(api, receiver, "/quick")
+    for _ in range(10):
+        await api.publish("post.updated")
+    for _ in range(120):
+        await api.publish()
+    url = api.store.driver.path if api.store.dialect == "sqlite" else api.store.driver.dsn  # type: ignore[attr-defined]
+    database_url = f"sqlite:///{url}" if api.store.dialect == "sqlite" else url
+    settings = make_settings(database_url, batch_wait_ms=10_000, max_in_flight_per_webhook=40)
+    worker = build_worker(settings, api.store)
+    await worker.start()
+    try:
+        await receiver.wait_for(10, "/held", timeout=10)
+        # Waves of 40 quick outcomes while the held attempts stay under way: the worker
+        # starts waiting 10 s before its next round.
+        await eventually(lambda: worker._batching(), timeout=10)
+    finally:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await worker.stop(grace=0.5)
+        stopped_in = loop.time() - started
+        held.set()
+    assert stopped_in < 5, f"stop took {stopped_in:.1f} s"
+
+
 async def _count_succeeded(api: Api, webhook_id: str, count: int) -> bool:
     [(succeeded,)] = await run_sql(
         api.store,

@@ -172,6 +172,7 @@ class Worker:
         self._steady_batch = 0
         self._wake = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # ends a batch wait (see _batching) at once
         self._tasks: list[asyncio.Task[None]] = []
         self._keeper: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
@@ -211,6 +212,7 @@ class Worker:
         due at once. The heartbeat goes on until the last attempt is over, so that nobody
         takes this worker for dead meanwhile."""
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         dispatcher, helpers = self._tasks[:1], self._tasks[1:]
         for task in helpers:
@@ -297,7 +299,8 @@ class Worker:
         backoff = 0.1
         while not self._stopping:
             if self._batching():
-                await asyncio.sleep(self.config.batch_wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), self.config.batch_wait)
             self._wake.clear()
             room = self.config.concurrency - len(self._in_flight)
             try:
