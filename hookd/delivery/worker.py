@@ -327,10 +327,10 @@ class Worker:
     def _batching(self) -> bool:
         """Whether the next round should first let outcomes gather for a moment.
 
-        Each round costs the database about as much per statement as it does per row (on
-        PostgreSQL a settle and a claim of 25 deliveries each spend about half their time
-        on work that does not grow with the rows: the plan, the webhooks' health and
-        rollups, the caps), so while outcomes pour in (the last two rounds wrote at least
+        A round's statements cost the database about as much per call as for 25 of their
+        rows (on PostgreSQL a settle and a claim of 25 deliveries each spend about half
+        their time on work that does not grow with the rows: the queue heads and caps, the
+        webhooks' health and rollups), so while outcomes pour in (the last two rounds wrote at least
         _BATCH_WAIT_AFTER each) and more are under way, waiting batch_wait lets one round
         carry what two or three would have. A worker whose outcomes trickle in (an idle
         one, or one whose attempts are slow, even if some time out together) never waits:
