@@ -44,7 +44,6 @@ from bench.common import (
     DEFAULT_PG_ADMIN_URL,
     LOOPBACK,
     Result,
-    cpu_seconds,
     cpu_times,
     free_port,
     read_printed_key,
@@ -310,7 +309,7 @@ class Deployment:
 
     def cpu_seconds_by_role(self) -> dict[str, float]:
         """CPU seconds so far of each hookd process (all threads), by role."""
-        return {c.role: cpu_seconds(c.proc.pid) for c in self.children}
+        return {role: cpu for role, (cpu, _system) in self.cpu_times_by_role().items()}
 
     def cpu_times_by_role(self) -> dict[str, tuple[float, float]]:
         """:meth:`cpu_seconds_by_role` with the kernel's share: ``(all, system)``, by role."""

@@ -23,17 +23,23 @@ from hookd import __version__
 from hookd.delivery.outcomes import retry_delay_ms
 from hookd.delivery.worker import Worker
 from hookd.server import build_worker
+from hookd.settings import Settings
 from hookd.store import ClaimRequest
 from tests.conftest import Api, eventually, make_settings, run_sql
 from tests.receiver import Receiver
 
 
+def settings_for(api: Api, **overrides: Any) -> Settings:
+    """Test settings on the api's database, changed by ``overrides``."""
+    url = api.store.driver.path if api.store.dialect == "sqlite" else api.store.driver.dsn  # type: ignore[attr-defined]
+    database_url = f"sqlite:///{url}" if api.store.dialect == "sqlite" else url
+    return make_settings(database_url, **overrides)
+
+
 @asynccontextmanager
 async def worker_for(api: Api, clock: Any = None, **overrides: Any) -> AsyncIterator[Worker]:
     """A worker over the api's store with settings changed by ``overrides``."""
-    url = api.store.driver.path if api.store.dialect == "sqlite" else api.store.driver.dsn  # type: ignore[attr-defined]
-    database_url = f"sqlite:///{url}" if api.store.dialect == "sqlite" else url
-    settings = make_settings(database_url, **overrides)
+    settings = settings_for(api, **overrides)
     worker = (
         build_worker(settings, api.store, clock) if clock else build_worker(settings, api.store)
     )

@@ -31,7 +31,7 @@ from hookd.store import ClaimRequest, Peer, Store, open_driver
 from tests.conftest import Api, eventually, make_settings, run_sql
 from tests.receiver import Receiver
 from tests.test_database_unavailable import TcpProxy
-from tests.test_delivery import webhook, worker_for
+from tests.test_delivery import settings_for, webhook, worker_for
 
 # Leases that outlive anything a test waits for: only liveness can give them back.
 LONG_LEASE = {"lease_margin": 600}
@@ -349,9 +349,7 @@ async def test_a_worker_stops_at_once_in_the_middle_of_a_batch_wait(
         await api.publish("post.updated")
     for _ in range(120):
         await api.publish()
-    url = api.store.driver.path if api.store.dialect == "sqlite" else api.store.driver.dsn  # type: ignore[attr-defined]
-    database_url = f"sqlite:///{url}" if api.store.dialect == "sqlite" else url
-    settings = make_settings(database_url, batch_wait_ms=10_000, max_in_flight_per_webhook=40)
+    settings = settings_for(api, batch_wait_ms=10_000, max_in_flight_per_webhook=40)
     worker = build_worker(settings, api.store)
     await worker.start()
     try:

@@ -171,8 +171,8 @@ class Worker:
         self._last_batch = 0
         self._steady_batch = 0
         self._wake = asyncio.Event()
-        self._stopping = False
-        self._stop_requested = asyncio.Event()  # ends a batch wait (see _batching) at once
+        # Set by stop(); a batch wait (see _batching) ends as soon as it is.
+        self._stop_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._keeper: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
@@ -211,7 +211,6 @@ class Worker:
         ``grace`` seconds), record them, and give back any delivery that could not finish,
         due at once. The heartbeat goes on until the last attempt is over, so that nobody
         takes this worker for dead meanwhile."""
-        self._stopping = True
         self._stop_requested.set()
         self._wake.set()
         dispatcher, helpers = self._tasks[:1], self._tasks[1:]
@@ -252,6 +251,10 @@ class Worker:
         with contextlib.suppress(Exception):
             await self.store.retire(self.worker_id)
         await self.sender.close()
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop_requested.is_set()
 
     # The dispatch loop.
 
