@@ -179,7 +179,9 @@ def run_server(
     # SPEC §8: the settings in force, secrets masked (once the database is there: a process
     # that cannot start says why in one line); then tracing, if asked for.
     command = "serve" if api and worker else "api" if api else "worker"
-    log.info("settings", command=command, **masked_settings(settings.model_dump()))
+    # Settings left to a default that depends on the engine are shown as in force.
+    in_force = {**settings.model_dump(), "batch_wait_ms": batch_wait(settings) * 1000}
+    log.info("settings", command=command, **masked_settings(in_force))
     tracing.configure()
     if not api:
         _tune_gc()

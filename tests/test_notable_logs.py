@@ -95,6 +95,8 @@ async def test_notable_changes_and_settings_are_logged_as_json_lines(
     (settings,) = named("settings")
     assert settings["command"] == "serve" and settings["suspend_after"] == 1
     assert settings["retry_schedule"] == [0.05] and settings["allowed_networks"] == ["127.0.0.0/8"]
+    # the batch wait in force, not the None that asks for the engine's default
+    assert settings["batch_wait_ms"] == (0 if url.startswith("sqlite") else 3), settings
     if url != database_url:
         assert settings["database_url"] == url.replace(PASSWORD, MASK), settings
     else:
