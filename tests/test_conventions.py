@@ -28,7 +28,7 @@ from hookd.api import create_app
 from hookd.api.validation import MAX_BODY_BYTES
 from hookd.store import Store, open_driver
 from hookd.topics import TOPICS
-from tests.conftest import Api, make_settings
+from tests.conftest import Api, make_settings, run_sql
 
 NOVA = "2026-01-01.nova"
 CLOVER = "2025-12-12.clover"
@@ -1505,6 +1505,82 @@ async def test_rate_limit_is_shared_across_apps_on_postgres(
                 assert 1 <= int(response.headers["Retry-After"]) <= 60
     finally:
         await other_store.close()
+
+
+# A publish by a key the app has seen before authenticates in its own statement on
+# PostgreSQL (hookd.api.auth.authenticate_in_write): what it answers must be what the
+# look-up would have answered, on either engine.
+
+EVENT = {"topic": "post.created", "data": {"item": {"id": "p1"}}}
+
+
+async def _events_stored(api: Api) -> int:
+    ((count,),) = await run_sql(api.store, "SELECT count(*) FROM events")
+    return int(count)
+
+
+async def test_a_publish_by_a_known_key_skips_the_look_up_on_postgresql(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[str] = []
+    look_up = api.store.authenticate
+
+    async def counting(key_hash: str, window_start: int | None = None) -> Any:
+        looked_up.append(key_hash)
+        return await look_up(key_hash, window_start)
+
+    monkeypatch.setattr(api.store, "authenticate", counting)
+    for _ in range(3):
+        assert (await api.post("/v2/events", json=EVENT)).status_code == 202
+    assert await _events_stored(api) == 3
+    # SQLite looks the key up each time (in-process, no round trip to save).
+    assert len(looked_up) == (1 if api.store.dialect == "postgresql" else 3)
+
+
+async def test_a_key_revoked_after_it_published_is_refused_at_once(api: Api) -> None:
+    org_id = await default_org_id(api)
+    record, second = await api.store.create_api_key(org_id, "second")
+    assert (await api.post("/v2/events", json=EVENT, key=second)).status_code == 202
+    await api.store.revoke_api_key(record.id)
+    for _ in range(2):
+        response = await api.post("/v2/events", json=EVENT, key=second)
+        assert_error(response, 401, "api_key_revoked", None)
+    invalid = await api.post("/v2/events", json={"topic": "nope"}, key=second)
+    assert_error(invalid, 401, "api_key_revoked", None)
+    assert await _events_stored(api) == 1
+    assert (await api.post("/v2/events", json=EVENT)).status_code == 202
+
+
+async def test_publishes_count_against_the_rate_limit(api: Api, limited: httpx.AsyncClient) -> None:
+    await away_from_window_edge()
+    auth = api.auth()
+    remaining = []
+    for _ in range(4):
+        response = await limited.post("/v2/events", headers=auth, json=EVENT)
+        assert response.status_code == 202, response.text
+        remaining.append(_rate_headers(response)[1])
+    # An invalid request is counted, and answered 400 while within the limit.
+    invalid = await limited.post("/v2/events", headers=auth, json={"topic": "nope"})
+    assert_error(invalid, 400, param="topic")
+    remaining.append(_rate_headers(invalid)[1])
+    assert remaining == [4, 3, 2, 1, 0]
+    for body in (EVENT, {"topic": "nope"}):  # over it: 429 first, valid or not
+        response = await limited.post("/v2/events", headers=auth, json=body)
+        assert_error(response, 429, "rate_limited", None)
+        assert _rate_headers(response)[:2] == (5, 0)
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert await _events_stored(api) == 4
+
+
+async def test_a_changed_default_version_applies_to_the_next_publish(api: Api) -> None:
+    assert (await api.post("/v2/events", json=EVENT)).status_code == 202
+    # An operator moves the organization to a version without webhooks, behind hookd's back.
+    await run_sql(api.store, "UPDATE organizations SET default_version = '2025-12-12.clover'")
+    response = await api.post("/v2/events", json=EVENT)
+    assert_error(response, 400, "api_version_unsupported", "Featurebase-Version")
+    asked = await api.post("/v2/events", json=EVENT, headers={"Featurebase-Version": NOVA})
+    assert asked.status_code == 202, asked.text
+    assert await _events_stored(api) == 2
 
 
 # 9. Ids and timestamps.

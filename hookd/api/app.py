@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hookd import __version__, tracing
 from hookd.api import deliveries, events, portal, webhooks
-from hookd.api.auth import RateLimiter
+from hookd.api.auth import KnownKeys, RateLimiter
 from hookd.api.feed import Feed
 from hookd.api.render import JSONResponse
 from hookd.api.routing import V2Routes
@@ -285,6 +285,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.limiter = RateLimiter(settings.rate_limit)
+    app.state.known_keys = KnownKeys()
     # The event streams' feed; a server closes it as it begins to shut down (hookd.server).
     feed = app.state.feed = Feed(store)
     app.add_middleware(ConventionsMiddleware)

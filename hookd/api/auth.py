@@ -14,10 +14,19 @@ from fastapi import Request
 from hookd.errors import ApiError
 from hookd.ids import API_KEY_PREFIX, api_key_hash
 from hookd.settings import API_VERSIONS, DEFAULT_API_VERSION, WEBHOOKS_SINCE
-from hookd.store import Store
-from hookd.store.records import Organization, record
+from hookd.store import KeyCheck, Store
+from hookd.store.records import AuthContext, Organization, record
 
-__all__ = ["WEBHOOKS_SINCE", "Principal", "RateLimiter", "authenticate"]
+__all__ = [
+    "WEBHOOKS_SINCE",
+    "KnownKeys",
+    "Principal",
+    "RateLimiter",
+    "authenticate",
+    "authenticate_in_write",
+    "confirm_key",
+    "count_request",
+]
 
 _WINDOW_MS = 60_000
 _MAX_KEY_LENGTH = 256
@@ -69,6 +78,30 @@ class RateLimiter:
         }
 
 
+class KnownKeys:
+    """The API keys this process has authenticated on PostgreSQL, by hash, with what their
+    look-up found. A publish by one of them skips the look-up: its one statement checks the
+    key, and counts the request, instead (:func:`authenticate_in_write`), so a publish is one
+    round trip, not two. Nothing is trusted that the statement does not check again: a key
+    revoked since, or an organization whose default version changed, is looked up afresh."""
+
+    _MAX = 10_000
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, AuthContext] = {}
+
+    def get(self, key_hash: str) -> AuthContext | None:
+        return self._by_hash.get(key_hash)
+
+    def remember(self, key_hash: str, context: AuthContext) -> None:
+        if len(self._by_hash) >= self._MAX and key_hash not in self._by_hash:
+            self._by_hash.clear()
+        self._by_hash[key_hash] = context
+
+    def forget(self, key_hash: str) -> None:
+        self._by_hash.pop(key_hash, None)
+
+
 def _credentials(request: Request) -> str:
     header = request.headers.get("authorization")
     if header is None:
@@ -114,16 +147,33 @@ def _resolve_version(request: Request, default: str, asked: str | None) -> str:
     return version
 
 
+def count_request(request: Request, used: int, now: int) -> None:
+    """The rate-limit headers for the request, the ``used``-th of its key's window; a 429
+    if that is over the limit (SPEC §2)."""
+    limiter: RateLimiter = request.app.state.limiter
+    headers = limiter.headers(used, now)
+    request.state.rate_headers = headers
+    if used > limiter.limit:
+        retry_after = max(1, math.ceil((int(headers["X-RateLimit-Reset"]) * 1000 - now) / 1000))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"This API key made more than {limiter.limit} requests this minute; retry after {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 async def authenticate(request: Request) -> Principal:
     """The dependency that guards every ``/v2`` route."""
     state = request.app.state
     store: Store = state.store
     limiter: RateLimiter = state.limiter
     key = _credentials(request)
+    key_hash = api_key_hash(key)
     now = store.clock()
     shared_count = limiter.limit > 0 and store.dialect == "postgresql"
     context = await store.authenticate(
-        api_key_hash(key), limiter.window_start(now) if shared_count else None
+        key_hash, limiter.window_start(now) if shared_count else None
     )
     if context is None:
         raise ApiError(
@@ -138,22 +188,62 @@ async def authenticate(request: Request) -> Principal:
     asked = None if header is None else header.strip()
     # The version a 429 answers with: the one asked for if it is one, else the default.
     request.state.version = asked if asked in API_VERSIONS else org.default_version
+    if store.dialect == "postgresql":
+        state.known_keys.remember(key_hash, context)
     if limiter.limit > 0:
         used = (
             context.request_count
             if context.request_count is not None
             else limiter.count(context.key_id, now)
         )
-        headers = limiter.headers(used, now)
-        request.state.rate_headers = headers
-        if used > limiter.limit:
-            retry_after = max(1, math.ceil((int(headers["X-RateLimit-Reset"]) * 1000 - now) / 1000))
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"This API key made more than {limiter.limit} requests this minute; retry after {retry_after} s.",
-                headers={"Retry-After": str(retry_after)},
-            )
+        count_request(request, used, now)
     version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION, asked)
     request.state.version = version
     return Principal(org, context.key_id, version)
+
+
+async def authenticate_in_write(request: Request) -> Principal:
+    """:func:`authenticate` for a route whose one write can check the key itself (a
+    publish, on PostgreSQL): a key this process knows (:class:`KnownKeys`) is taken on trust
+    here, and ``request.state.key_check`` holds what the route's write must check; the
+    route calls :func:`confirm_key` before answering anything else (SPEC §2's order: key,
+    rate limit, version, then the request). Any other key is looked up as usual."""
+    state = request.app.state
+    store: Store = state.store
+    key = _credentials(request)
+    key_hash = api_key_hash(key)
+    known = state.known_keys.get(key_hash) if store.dialect == "postgresql" else None
+    if known is None:
+        return await authenticate(request)
+    org = known.organization
+    header = request.headers.get("featurebase-version")
+    asked = None if header is None else header.strip()
+    request.state.version = asked if asked in API_VERSIONS else org.default_version
+    try:
+        version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION, asked)
+    except ApiError:
+        # A 401 or 429 would come first: the whole look-up, which raises the right one.
+        return await authenticate(request)
+    request.state.version = version
+    limiter: RateLimiter = state.limiter
+    now = store.clock()
+    request.state.key_check = KeyCheck(
+        key_hash,
+        org.default_version,
+        limiter.window_start(now) if limiter.limit > 0 else None,
+        limiter.limit,
+    )
+    request.state.key_checked_at = now
+    return Principal(org, known.key_id, version)
+
+
+async def confirm_key(request: Request, *, stale: bool) -> Principal:
+    """The look-up that :func:`authenticate_in_write` skipped, for a request that must
+    answer before its write has checked the key (an invalid body), or whose write found
+    the key no longer as it was (``stale``: forgotten first). Raises the 401 or 429 due;
+    else the request's principal, now confirmed (and counted)."""
+    check: KeyCheck = request.state.key_check
+    request.state.key_check = None
+    if stale:
+        request.app.state.known_keys.forget(check.key_hash)
+    return await authenticate(request)

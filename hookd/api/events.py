@@ -13,7 +13,13 @@ from pydantic import MISSING, WithJsonSchema
 from starlette.responses import Response
 
 from hookd import tracing
-from hookd.api.auth import Principal, authenticate
+from hookd.api.auth import (
+    Principal,
+    authenticate,
+    authenticate_in_write,
+    confirm_key,
+    count_request,
+)
 from hookd.api.feed import Feed
 from hookd.api.pagination import Cursor, ListScope, cursors_for, page
 from hookd.api.render import JSONResponse, event_detail_json, event_json
@@ -41,7 +47,7 @@ from hookd.clock import iso_ms
 from hookd.errors import ApiError
 from hookd.ids import is_event_id
 from hookd.metrics import METRICS
-from hookd.store import EventDraft, Store
+from hookd.store import EventDraft, KeyCheck, KeyCheckFailed, Store
 from hookd.store.events import FIRST_EVENT_PAGE
 from hookd.topics import TOPIC_SET, is_conversation_topic
 
@@ -118,26 +124,47 @@ IdempotencyKey = Annotated[
 )
 async def publish(
     request: Request,
-    principal: Annotated[Principal, Depends(authenticate)],
+    principal: Annotated[Principal, Depends(authenticate_in_write)],
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    if idempotency_key is not None and not full_match(IDEMPOTENCY_KEY_PATTERN, idempotency_key):
-        raise ApiError(
-            400,
-            "idempotency_key_invalid",
-            "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces.",
-            "Idempotency-Key",
-        )
-    body = parse_body(await read_body(request), EventIn)
+    # A key taken on trust (authenticate_in_write) is checked by the publish statement; an
+    # answer before it (an invalid request) confirms the key first, so that a 401 or 429
+    # comes before a 400 as SPEC §2 orders them.
+    check: KeyCheck | None = getattr(request.state, "key_check", None)
+    try:
+        if idempotency_key is not None and not full_match(IDEMPOTENCY_KEY_PATTERN, idempotency_key):
+            raise ApiError(
+                400,
+                "idempotency_key_invalid",
+                "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces.",
+                "Idempotency-Key",
+            )
+        body = parse_body(await read_body(request), EventIn)
+        draft = _draft(body)
+    except ApiError:
+        if check is not None:
+            await confirm_key(request, stale=False)
+        raise
     store: Store = request.app.state.store
-    draft = _draft(body)
     with tracing.publish_span(principal.organization.id, body.topic) as span:
         if span is not None:
             # Each attempt's span links to this trace (hookd.tracing).
             draft = dataclasses.replace(draft, traceparent=tracing.traceparent())
-        event_id, topic, created_at, created = await store.publish(
-            principal.organization.id, draft, idempotency_key
-        )
+        try:
+            event_id, topic, created_at, created, used = await store.publish(
+                principal.organization.id, draft, idempotency_key, check
+            )
+        except KeyCheckFailed as failed:
+            if failed.request_count is not None:  # counted, over the limit: nothing written
+                count_request(request, failed.request_count, request.state.key_checked_at)
+            # The key is not as it was: look it up (the 401 due, or the principal as it is
+            # now) and publish as for any other key.
+            principal = await confirm_key(request, stale=True)
+            event_id, topic, created_at, created, used = await store.publish(
+                principal.organization.id, draft, idempotency_key
+            )
+        if used is not None:
+            count_request(request, used, request.state.key_checked_at)
         if span is not None:
             span.set_attribute("hookd.event", event_id)
     if created:

@@ -25,12 +25,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Receive, Scope, Send
 
-from hookd.api.auth import authenticate
+from hookd.api.auth import authenticate, authenticate_in_write
 from hookd.errors import ApiError
 
 __all__ = ["HookdRoute", "V2Routes"]
 
 _INTEGER = re.compile(r"[0-9]{1,9}\Z")
+# The dependencies that authenticate a request (hookd.api.auth): a route declares one.
+_AUTHENTICATORS = (authenticate, authenticate_in_write)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +124,13 @@ class HookdRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         dependant = self.dependant
         endpoint = self.endpoint
-        principal_names = [
-            d.name for d in dependant.dependencies if d.call is authenticate and d.name
-        ]
-        unsupported = [d for d in dependant.dependencies if d.call is not authenticate]
+        authenticators = [d for d in dependant.dependencies if d.call in _AUTHENTICATORS]
+        principal_names = [d.name for d in authenticators if d.name]
+        unsupported = [d for d in dependant.dependencies if d.call not in _AUTHENTICATORS]
+        if len({d.call for d in authenticators}) > 1:
+            raise TypeError(f"{self.path}: one way to authenticate per route")
+        in_write = any(d.call is authenticate_in_write for d in authenticators)
+        authenticator = authenticate_in_write if in_write else authenticate
         if unsupported or dependant.body_params or dependant.cookie_params:
             raise TypeError(
                 f"{self.path}: HookdRoute supports only authenticate, path, query and header params"
@@ -139,7 +144,7 @@ class HookdRoute(APIRoute):
         async def handler(request: Request) -> Response:
             kwargs: dict[str, Any] = {}
             if principal_names:
-                principal = await authenticate(request)
+                principal = await authenticator(request)
                 for name in principal_names:
                     kwargs[name] = principal
             if request_name:

@@ -24,7 +24,7 @@ from hookd.store import (
     tenants,
     webhooks,
 )
-from hookd.store.events import EventDraft
+from hookd.store.events import EventDraft, KeyCheck, KeyCheckFailed
 from hookd.store.operational import OperationalChange
 from hookd.store.postgres import PostgresDriver
 from hookd.store.queries import EventSink, Op
@@ -62,6 +62,8 @@ __all__ = [
     "EventSink",
     "EventSummary",
     "Heartbeat",
+    "KeyCheck",
+    "KeyCheckFailed",
     "OperationalChange",
     "Organization",
     "Peer",
@@ -221,16 +223,26 @@ class Store:
     # Events.
 
     async def publish(
-        self, organization_id: str, draft: EventDraft, idempotency_key: str | None
-    ) -> tuple[str, str, int, bool]:
+        self,
+        organization_id: str,
+        draft: EventDraft,
+        idempotency_key: str | None,
+        check: KeyCheck | None = None,
+    ) -> tuple[str, str, int, bool, int | None]:
+        """Publish an event: its id, topic, creation time, whether it was created (not an
+        idempotent replay), and with ``check`` (PostgreSQL only: the statement authenticates
+        the request, see :class:`KeyCheck`) the request's count in its window."""
         if self.dialect == "postgresql":
             op = events.publish_in_one_statement(
-                organization_id, draft, idempotency_key, self.clock()
+                organization_id, draft, idempotency_key, self.clock(), check
             )
             return await self.driver.write(op, atomic_statements=True)
-        return await self.driver.write(
+        if check is not None:
+            raise ValueError("a publish checks its key in its statement only on PostgreSQL")
+        event_id, topic, created_at, created = await self.driver.write(
             events.publish(organization_id, draft, idempotency_key, self.clock())
         )
+        return event_id, topic, created_at, created, None
 
     async def create_test_delivery(
         self, organization_id: str, webhook_id: str, draft: EventDraft

@@ -14,6 +14,8 @@ __all__ = [
     "FIRST_EVENT_PAGE",
     "IDEMPOTENCY_TTL_MS",
     "EventDraft",
+    "KeyCheck",
+    "KeyCheckFailed",
     "create_test_delivery",
     "events_after",
     "events_by_ids",
@@ -38,6 +40,31 @@ class EventDraft:
     conversation_url: str | None = None
     # The W3C traceparent of the publishing request (hookd.tracing), when tracing is on.
     traceparent: str | None = None
+
+
+@record
+class KeyCheck:
+    """The authentication that a PostgreSQL publish does in its own statement, for an API
+    key that this process authenticated before (hookd.api.auth.KnownKeys): the key
+    (``key_hash``) must still be live and of the organization, whose default version must
+    still be ``default_version``; with ``window_start``, the request is counted in the key's
+    window and must be within ``rate_limit``."""
+
+    key_hash: str
+    default_version: str | None
+    window_start: int | None
+    rate_limit: int
+
+
+class KeyCheckFailed(Exception):
+    """A publish's :class:`KeyCheck` failed, and nothing was written. ``request_count``:
+    the request's number in its window when the key holds but the count is over the limit
+    (the request was counted); ``None`` when the key no longer holds as it was (revoked,
+    gone, or its organization's default version changed; nothing was counted)."""
+
+    def __init__(self, request_count: int | None) -> None:
+        super().__init__(request_count)
+        self.request_count = request_count
 
 
 def _insert_event(
@@ -137,17 +164,26 @@ _SPARE_IDS = 2
 
 
 def publish_in_one_statement(
-    organization_id: str, draft: EventDraft, idempotency_key: str | None, now: int
-) -> Op[tuple[str, str, int, bool]]:
+    organization_id: str,
+    draft: EventDraft,
+    idempotency_key: str | None,
+    now: int,
+    check: KeyCheck | None = None,
+) -> Op[tuple[str, str, int, bool, int | None]]:
     """:func:`publish` for PostgreSQL in one atomic statement: the idempotency key, the
     event and its deliveries are written together or not at all, and the statement finds
     the targets itself, so a publish is one round trip. It needs a delivery id per target:
     it is sent as many as the last publish of the organization and topic had targets, and
     a few more, and is sent again with enough in the rare case that they do not suffice (a
-    webhook created or subscribed since), having written nothing."""
+    webhook created or subscribed since), having written nothing.
+
+    With ``check``, the same statement authenticates the request (:class:`KeyCheck`;
+    :class:`KeyCheckFailed` if it fails) and the result's last item is the request's count
+    in its window (``None`` when not counted)."""
     event_id = new_event_id(now)
     seen = (organization_id, draft.topic)
     wanted = _TARGETS_SEEN.get(seen, 0) + _SPARE_IDS
+    request_count: int | None = None
     while True:
         written = yield one(
             "publish",
@@ -155,7 +191,19 @@ def publish_in_one_statement(
             key=idempotency_key,
             expired_before=now - IDEMPOTENCY_TTL_MS,
             delivery_ids=[new_object_id(now) for _ in range(wanted)],
+            key_hash=None if check is None else check.key_hash,
+            default_version=None if check is None else check.default_version,
+            window_start=None if check is None else check.window_start,
+            rate_limit=0 if check is None else check.rate_limit,
         )
+        if check is not None:
+            request_count = written["request_count"]
+            if not written["key_ok"] or (
+                request_count is not None and request_count > check.rate_limit
+            ):
+                raise KeyCheckFailed(request_count if written["key_ok"] else None)
+            # Authenticated and counted once: a statement sent again (more ids) checks no more.
+            check = None
         targets = written["targets"]
         if len(_TARGETS_SEEN) >= _TARGETS_SEEN_MAX and seen not in _TARGETS_SEEN:
             _TARGETS_SEEN.clear()
@@ -165,11 +213,11 @@ def publish_in_one_statement(
         wanted = targets + _SPARE_IDS
     if not written["created"]:
         first = yield one("idempotency_get", organization_id=organization_id, key=idempotency_key)
-        return first["id"], first["topic"], first["created_at"], False
+        return first["id"], first["topic"], first["created_at"], False, request_count
     if written["deliveries"]:
         yield notify()
     yield announce(organization_id, event_id)
-    return event_id, draft.topic, now, True
+    return event_id, draft.topic, now, True, request_count
 
 
 def create_test_delivery(

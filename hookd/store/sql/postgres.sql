@@ -339,13 +339,32 @@ SELECT (SELECT count(*) FROM health) + (SELECT count(*) FROM settled) + (SELECT 
 -- targets outnumber them, nothing is written, not even the key, and `targets` says how
 -- many to send again. The key is taken first: a concurrent request with the same key waits
 -- on it, then finds it held and writes nothing.
-WITH targets AS (
+-- With :key_hash (an API key this process authenticated before, hookd.api.auth.KnownKeys),
+-- the statement authenticates the request too, instead of a round trip of its own: the key
+-- must still be live, of the organization, whose default version is still
+-- :default_version; with :window_start, the request is counted in the key's window (only
+-- if the key holds) and must be within :rate_limit. Otherwise nothing is written, and
+-- `key_ok` and `request_count` say why.
+WITH api_key AS (
+    SELECT k.id FROM api_keys k JOIN organizations o ON o.id = k.organization_id
+    WHERE k.key_hash = :key_hash::text AND k.revoked_at IS NULL
+      AND o.id = :organization_id AND o.default_version IS NOT DISTINCT FROM :default_version::text
+), counted AS (
+    INSERT INTO rate_counters (key_id, window_start, count)
+    SELECT id, :window_start::bigint, 1 FROM api_key WHERE :window_start::bigint IS NOT NULL
+    ON CONFLICT (key_id, window_start) DO UPDATE SET count = rate_counters.count + 1
+    RETURNING count
+), allowed AS (
+    SELECT 1 WHERE :key_hash::text IS NULL
+        OR (EXISTS (SELECT 1 FROM api_key)
+            AND (:window_start::bigint IS NULL OR (SELECT count FROM counted) <= :rate_limit::int))
+), targets AS (
     SELECT w.id, row_number() OVER (ORDER BY w.id) AS n
     FROM webhooks w
     WHERE w.organization_id = :organization_id AND w.status = 'active' AND w.deleted_at IS NULL
       AND w.topics::jsonb ? :topic
 ), enough AS (
-    SELECT 1 WHERE (SELECT count(*) FROM targets) <= cardinality(:delivery_ids::text[])
+    SELECT 1 FROM allowed WHERE (SELECT count(*) FROM targets) <= cardinality(:delivery_ids::text[])
 ), claimed AS (
     INSERT INTO idempotency_keys (organization_id, key, event_id, created_at)
     SELECT :organization_id, :key::text, :id, :created_at FROM enough WHERE :key::text IS NOT NULL
@@ -371,7 +390,9 @@ WITH targets AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM event) AS created, (SELECT count(*) FROM queued) AS deliveries,
-       (SELECT count(*) FROM targets) AS targets;
+       (SELECT count(*) FROM targets) AS targets,
+       :key_hash::text IS NULL OR EXISTS (SELECT 1 FROM api_key) AS key_ok,
+       (SELECT count FROM counted) AS request_count;
 
 -- name: events_by_ids
 SELECT * FROM events WHERE id = ANY(:ids::text[]);
