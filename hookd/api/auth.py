@@ -147,6 +147,15 @@ def _resolve_version(request: Request, default: str, asked: str | None) -> str:
     return version
 
 
+def _asked_version(request: Request, org: Organization) -> str | None:
+    """The Featurebase-Version header without surrounding blanks, if sent; the request
+    answers with it if it is a version, else with the organization's default (a 429 too)."""
+    header = request.headers.get("featurebase-version")
+    asked = None if header is None else header.strip()
+    request.state.version = asked if asked in API_VERSIONS else org.default_version
+    return asked
+
+
 def count_request(request: Request, used: int, now: int) -> None:
     """The rate-limit headers for the request, the ``used``-th of its key's window; a 429
     if that is over the limit (SPEC §2)."""
@@ -184,10 +193,7 @@ async def authenticate(request: Request) -> Principal:
     if context.revoked:
         raise ApiError(401, "api_key_revoked", "This API key has been revoked; use another key.")
     org = context.organization
-    header = request.headers.get("featurebase-version")
-    asked = None if header is None else header.strip()
-    # The version a 429 answers with: the one asked for if it is one, else the default.
-    request.state.version = asked if asked in API_VERSIONS else org.default_version
+    asked = _asked_version(request, org)
     if store.dialect == "postgresql":
         state.known_keys.remember(key_hash, context)
     if limiter.limit > 0:
@@ -216,9 +222,7 @@ async def authenticate_in_write(request: Request) -> Principal:
     if known is None:
         return await authenticate(request)
     org = known.organization
-    header = request.headers.get("featurebase-version")
-    asked = None if header is None else header.strip()
-    request.state.version = asked if asked in API_VERSIONS else org.default_version
+    asked = _asked_version(request, org)
     try:
         version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION, asked)
     except ApiError:
@@ -232,8 +236,8 @@ async def authenticate_in_write(request: Request) -> Principal:
         org.default_version,
         limiter.window_start(now) if limiter.limit > 0 else None,
         limiter.limit,
+        now,
     )
-    request.state.key_checked_at = now
     return Principal(org, known.key_id, version)
 
 

@@ -155,16 +155,16 @@ async def publish(
                 principal.organization.id, draft, idempotency_key, check
             )
         except KeyCheckFailed as failed:
-            if failed.request_count is not None:  # counted, over the limit: nothing written
-                count_request(request, failed.request_count, request.state.key_checked_at)
+            if failed.request_count is not None and check is not None:  # counted, over the limit
+                count_request(request, failed.request_count, check.checked_at)
             # The key is not as it was: look it up (the 401 due, or the principal as it is
             # now) and publish as for any other key.
             principal = await confirm_key(request, stale=True)
             event_id, topic, created_at, created, used = await store.publish(
                 principal.organization.id, draft, idempotency_key
             )
-        if used is not None:
-            count_request(request, used, request.state.key_checked_at)
+        if used is not None and check is not None:  # counted by the statement
+            count_request(request, used, check.checked_at)
         if span is not None:
             span.set_attribute("hookd.event", event_id)
     if created:

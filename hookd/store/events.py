@@ -48,12 +48,14 @@ class KeyCheck:
     key that this process authenticated before (hookd.api.auth.KnownKeys): the key
     (``key_hash``) must still be live and of the organization, whose default version must
     still be ``default_version``; with ``window_start``, the request is counted in the key's
-    window and must be within ``rate_limit``."""
+    window and must be within ``rate_limit``. ``checked_at``: the request's time, which
+    its rate-limit headers are computed from."""
 
     key_hash: str
     default_version: str | None
     window_start: int | None
     rate_limit: int
+    checked_at: int
 
 
 class KeyCheckFailed(Exception):
