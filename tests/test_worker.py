@@ -295,7 +295,7 @@ async def test_a_worker_whose_outcomes_trickle_in_claims_at_once(
 
 
 async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
-    api: Api, receiver: Receiver
+    api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While outcomes pour in (the last two rounds wrote at least 16 each) and attempts are under way,
     each round first waits ``batch_wait_ms``, so that it writes more outcomes at once. Here
@@ -311,6 +311,10 @@ async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
         await api.publish("post.updated")
     rounds: list[tuple[float, float, int, int]] = []  # start, end, last batch, in flight
     wait = 0.4
+    # A lower bar than the default 16, so that a slow machine's rounds (14 outcomes each,
+    # seen in CI) still count as busy; the rule tested is the same.
+    busy = 8
+    monkeypatch.setattr("hookd.delivery.worker._BATCH_WAIT_AFTER", busy)
     async with worker_for(api, batch_wait_ms=wait * 1000, max_in_flight_per_webhook=40) as w:
         loop = asyncio.get_running_loop()
         turn = w._settle_and_claim
@@ -331,9 +335,9 @@ async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
     gathered = [
         (start - previous_end, last)
         for (_s, previous_end, _l, _i), (start, _e, last, in_flight) in itertools.pairwise(rounds)
-        if last >= 16 and in_flight > 0
+        if last >= busy and in_flight > 0
     ]
-    assert gathered, f"no round followed two that wrote 16 outcomes each: {rounds}"
+    assert gathered, f"no round followed two that wrote {busy} outcomes each: {rounds}"
     assert all(gap >= wait * 0.95 for gap, _last in gathered), gathered
 
 
