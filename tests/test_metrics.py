@@ -6,6 +6,7 @@ token, webhook labels, and the worker's own metrics port."""
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.dns_server import DnsServer
@@ -25,6 +27,7 @@ from hookd.metrics import (
     WEBHOOK_STATUSES,
     QueueGauges,
     QueueSnapshot,
+    TimedCounter,
 )
 from hookd.server import build_worker
 from hookd.settings import Settings
@@ -506,3 +509,35 @@ def test_every_metric_family_is_a_spec_name(tmp_path: Path) -> None:
 def served_families(text: str) -> set[str]:
     """The metric families of a scrape, by their ``# TYPE`` lines."""
     return set(re.findall(r"^# TYPE (hookd_\w+) ", text, re.MULTILINE))
+
+
+@pytest.mark.parametrize("labelnames", [("outcome",), ("outcome", "organization", "webhook")])
+def test_a_timed_counter_is_served_as_a_prometheus_counter_and_histogram_would_be(
+    labelnames: tuple[str, ...],
+) -> None:
+    """hookd's own counter-and-histogram (the hot path's metrics) against prometheus_client's
+    Counter and Histogram fed the same values: the same text, byte for byte, bounds and
+    values on the bounds included."""
+    bounds = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+    ours, theirs = CollectorRegistry(auto_describe=False), CollectorRegistry(auto_describe=False)
+    timed = TimedCounter(
+        ("x_things", "Things."), ("x_thing_seconds", "How long."), labelnames, bounds
+    )
+    ours.register(timed)
+    counter = Counter("x_things", "Things.", labelnames, registry=theirs)
+    histogram = Histogram(
+        "x_thing_seconds", "How long.", labelnames, buckets=bounds, registry=theirs
+    )
+    assert generate_latest(ours) == generate_latest(theirs)
+    rng = random.Random(20)
+    values = [*bounds, 0.0, 0.004999, 30.0001, 1e9, *(rng.uniform(0, 40) for _ in range(500))]
+    for i, seconds in enumerate(values):
+        labels = tuple(f"{name}{i % 3}" for name in labelnames)
+        timed.series(labels).observe(seconds)
+        counter.labels(*labels).inc()
+        histogram.labels(*labels).observe(seconds)
+    text = generate_latest(ours)
+    assert text == generate_latest(theirs)
+    assert b'x_thing_seconds_bucket{le="+Inf",' in text or b',le="+Inf"}' in text
+    with pytest.raises(ValueError, match="labels"):
+        timed.series(("only", "too", "many", "labels"))
