@@ -376,3 +376,43 @@ async def _count_succeeded(api: Api, webhook_id: str, count: int) -> bool:
         f"SELECT count(*) FROM deliveries WHERE webhook_id = '{webhook_id}' AND status = 'succeeded'",
     )
     return int(succeeded) >= count
+
+
+async def test_only_an_idle_worker_asks_when_the_next_delivery_falls_due(
+    api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next-due question walks the queue head of every webhook with work, so only an
+    idle worker asks it. With an attempt under way (here one held by its receiver) the
+    worker sleeps until an outcome or ``poll_interval``: another webhook's retry that falls
+    due meanwhile is still sent while the held attempt waits, within the poll interval."""
+    held = asyncio.Event()
+    receiver.behave("/held", hold=held)
+    receiver.behave("/flaky", status=500)
+    slow = await webhook(api, receiver, "/held", topics=["post.updated"])
+    await webhook(api, receiver, "/flaky")
+    asked: list[int] = []
+    next_due = api.store.next_due
+
+    async def counted() -> int | None:
+        asked.append(len(receiver.on("/flaky")))
+        return await next_due()
+
+    monkeypatch.setattr(api.store, "next_due", counted)
+    try:
+        async with worker_for(api, poll_interval=1.0, retry_schedule="0.2,0.4,0.8"):
+            await api.publish("post.updated")
+            await receiver.wait_for(1, "/held", timeout=10)
+            asked.clear()  # the idle worker asked before the attempt started
+            await api.publish("post.created")
+            await receiver.wait_for(1, "/flaky", timeout=10)
+            receiver.behave("/flaky", status=204)
+            # The retry, due 0.2 s after the failure, goes out within the poll interval.
+            await receiver.wait_for(2, "/flaky", timeout=5)
+            assert not held.is_set() and len(receiver.on("/held")) == 1
+            assert asked == [], "a worker with an attempt under way asked when work falls due"
+            held.set()
+            await eventually(lambda: _count_succeeded(api, slow["id"], 1), timeout=10)
+            # Idle again: it asks, to sleep until the next delivery falls due.
+            await eventually(lambda: asked, timeout=5)
+    finally:
+        held.set()
