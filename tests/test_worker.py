@@ -416,3 +416,51 @@ async def test_only_an_idle_worker_asks_when_the_next_delivery_falls_due(
             await eventually(lambda: asked, timeout=5)
     finally:
         held.set()
+
+
+async def test_a_busy_worker_whose_claims_are_slow_waits_longer_between_rounds(
+    api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's cost is partly per call, and with many webhooks with work that part grows
+    (the claim walks each one's queue head): a busy worker waits half as long as its last
+    claim took, when that is longer than ``batch_wait_ms`` (here 1 ms), so that each claim
+    carries more. The claims are made 80 ms slower here (a sleep before each real claim)."""
+    receiver.behave("/quick", delay=0.05)
+    receiver.behave("/slow", delay=2.0)  # its attempts stay under way
+    quick = await webhook(api, receiver, "/quick")
+    slow = await webhook(api, receiver, "/slow", topics=["post.updated"])
+    for _ in range(160):
+        await api.publish()
+    for _ in range(40):
+        await api.publish("post.updated")
+    busy = 8
+    monkeypatch.setattr("hookd.delivery.worker._BATCH_WAIT_AFTER", busy)
+    claim = api.store.claim
+
+    async def slow_claim(request: ClaimRequest) -> Any:
+        await asyncio.sleep(0.08)
+        return await claim(request)
+
+    monkeypatch.setattr(api.store, "claim", slow_claim)
+    rounds: list[tuple[float, float, int, int]] = []  # start, end, last batch, in flight
+    async with worker_for(api, batch_wait_ms=1, max_in_flight_per_webhook=40) as w:
+        loop = asyncio.get_running_loop()
+        turn = w._settle_and_claim
+
+        async def recorded(room: int) -> Any:
+            start, last, in_flight = loop.time(), w._steady_batch, len(w._in_flight)
+            try:
+                return await turn(room)
+            finally:
+                rounds.append((start, loop.time(), last, in_flight))
+
+        w._settle_and_claim = recorded  # type: ignore[method-assign]
+        for hook, count in ((quick, 160), (slow, 40)):
+            await eventually(lambda h=hook, n=count: _count_succeeded(api, h["id"], n), timeout=60)
+    gaps = [
+        start - previous_end
+        for (_s, previous_end, _l, _i), (start, _e, last, in_flight) in itertools.pairwise(rounds)
+        if last >= busy and in_flight > 0
+    ]
+    assert gaps, f"no round followed two that wrote {busy} outcomes each: {rounds}"
+    assert all(gap >= 0.04 * 0.95 for gap in gaps), gaps

@@ -63,6 +63,9 @@ _PURGE_BATCH = 1000
 # Worker._batching). One such round alone may be a burst (attempts that timed out
 # together), after which nothing more comes soon.
 _BATCH_WAIT_AFTER = 16
+# A busy worker whose claims take long (many webhooks with work: the claim walks each
+# one's queue head) waits half as long as its last claim took, up to this many seconds.
+_BATCH_WAIT_MAX = 0.05
 _DAY_MS = 86_400_000
 
 
@@ -171,6 +174,8 @@ class Worker:
         # Outcomes the last two rounds wrote: the last round's, and the fewer of the two.
         self._last_batch = 0
         self._steady_batch = 0
+        # Seconds the last claim took to answer (see _batch_wait).
+        self._claim_seconds = 0.0
         self._wake = asyncio.Event()
         # Set by stop(); a batch wait (see _batching) ends as soon as it is.
         self._stop_requested = asyncio.Event()
@@ -304,7 +309,7 @@ class Worker:
         while not self._stopping:
             if self._batching():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), self.config.batch_wait)
+                    await asyncio.wait_for(self._stop_requested.wait(), self._batch_wait())
             self._wake.clear()
             room = self.config.concurrency - len(self._in_flight)
             try:
@@ -346,6 +351,15 @@ class Worker:
             and not self._stopping
         )
 
+    def _batch_wait(self) -> float:
+        """How long a round that should gather outcomes (see ``_batching``) waits:
+        ``batch_wait``, or half of what the last claim took if that is longer (that half
+        at most ``_BATCH_WAIT_MAX``). A claim costs the database a part that does not grow with its
+        rows, and with 1,000 webhooks with work that part is most of its 40 ms: a worker
+        that claimed again at each outcome would claim half as many deliveries each time,
+        twice as often, for more of the database's CPU per delivery."""
+        return max(self.config.batch_wait, min(_BATCH_WAIT_MAX, self._claim_seconds / 2))
+
     async def _settle_and_claim(self, room: int) -> list[ClaimedDelivery]:
         """Write the outcomes, then claim up to ``room`` deliveries (if this worker may).
 
@@ -363,10 +377,15 @@ class Worker:
             return []
         if not self.store.writes_commit_together or not (self._done or self._unsettled):
             await self._settle()
-            return await self.store.claim(self._claim_request(room))
+            started = time.monotonic()
+            claimed_alone = await self.store.claim(self._claim_request(room))
+            self._claim_seconds = time.monotonic() - started
+            return claimed_alone
+        started = time.monotonic()
         settling = asyncio.ensure_future(self._settle())
         claim = asyncio.ensure_future(self.store.claim(self._claim_request(room)))
         settled, claimed = await asyncio.gather(settling, claim, return_exceptions=True)
+        self._claim_seconds = time.monotonic() - started  # the two commit together
         if isinstance(claimed, BaseException):
             if isinstance(settled, BaseException):
                 raise settled
