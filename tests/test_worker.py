@@ -297,10 +297,26 @@ async def test_a_worker_whose_outcomes_trickle_in_claims_at_once(
 async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
     api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While outcomes pour in (the last two rounds wrote at least 16 each) and attempts are under way,
-    each round first waits ``batch_wait_ms``, so that it writes more outcomes at once. Here
-    one webhook's receiver answers in 50 ms (outcomes pour in, 40 at a time), another's in
-    2 s (its attempts stay under way)."""
+    """While outcomes pour in (the last two rounds wrote at least 16 each) and attempts are
+    under way, each round first waits ``batch_wait_ms``, so that it writes more outcomes at
+    once."""
+    wait = 0.4
+    gaps = await _busy_rounds(api, receiver, monkeypatch, batch_wait_ms=wait * 1000)
+    assert all(gap >= wait * 0.95 for gap in gaps), gaps
+
+
+async def _busy_rounds(
+    api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> list[float]:
+    """Run a busy worker (settings ``overrides``) and return, for each round that should
+    have waited, how long it did: the time since the round before it ended.
+
+    One webhook's receiver answers in 50 ms (outcomes pour in, 40 at a time), another's
+    in 2 s (its attempts stay under way). A round should have waited when it followed two
+    that wrote at least ``busy`` outcomes each, with attempts still under way when it began
+    (none start during the wait, so they were under way before it too). ``busy`` is lower
+    than the default 16, so that a slow machine's rounds (14 outcomes each, seen in CI)
+    still count as busy; the rule tested is the same."""
     receiver.behave("/quick", delay=0.05)
     receiver.behave("/slow", delay=2.0)
     quick = await webhook(api, receiver, "/quick")
@@ -309,13 +325,10 @@ async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
         await api.publish()
     for _ in range(40):
         await api.publish("post.updated")
-    rounds: list[tuple[float, float, int, int]] = []  # start, end, last batch, in flight
-    wait = 0.4
-    # A lower bar than the default 16, so that a slow machine's rounds (14 outcomes each,
-    # seen in CI) still count as busy; the rule tested is the same.
     busy = 8
     monkeypatch.setattr("hookd.delivery.worker._BATCH_WAIT_AFTER", busy)
-    async with worker_for(api, batch_wait_ms=wait * 1000, max_in_flight_per_webhook=40) as w:
+    rounds: list[tuple[float, float, int, int]] = []  # start, end, last batch, in flight
+    async with worker_for(api, max_in_flight_per_webhook=40, **overrides) as w:
         loop = asyncio.get_running_loop()
         turn = w._settle_and_claim
 
@@ -327,18 +340,15 @@ async def test_a_busy_worker_lets_outcomes_gather_before_it_writes_them(
                 rounds.append((start, loop.time(), last, in_flight))
 
         w._settle_and_claim = recorded  # type: ignore[method-assign]
-        await receiver.wait_for(240, timeout=60)
         for hook, count in ((quick, 200), (slow, 40)):
-            await eventually(lambda h=hook, n=count: _count_succeeded(api, h["id"], n), timeout=30)
-    # A round that followed two of at least 16 outcomes, with attempts still under way when
-    # it began (none start during the wait, so they were under way before it too): waited.
-    gathered = [
-        (start - previous_end, last)
+            await eventually(lambda h=hook, n=count: _count_succeeded(api, h["id"], n), timeout=60)
+    gaps = [
+        start - previous_end
         for (_s, previous_end, _l, _i), (start, _e, last, in_flight) in itertools.pairwise(rounds)
         if last >= busy and in_flight > 0
     ]
-    assert gathered, f"no round followed two that wrote {busy} outcomes each: {rounds}"
-    assert all(gap >= wait * 0.95 for gap, _last in gathered), gathered
+    assert gaps, f"no round followed two that wrote {busy} outcomes each: {rounds}"
+    return gaps
 
 
 async def test_a_worker_stops_at_once_in_the_middle_of_a_batch_wait(
@@ -425,16 +435,6 @@ async def test_a_busy_worker_whose_claims_are_slow_waits_longer_between_rounds(
     (the claim walks each one's queue head): a busy worker waits half as long as its last
     claim took, when that is longer than ``batch_wait_ms`` (here 1 ms), so that each claim
     carries more. The claims are made 80 ms slower here (a sleep before each real claim)."""
-    receiver.behave("/quick", delay=0.05)
-    receiver.behave("/slow", delay=2.0)  # its attempts stay under way
-    quick = await webhook(api, receiver, "/quick")
-    slow = await webhook(api, receiver, "/slow", topics=["post.updated"])
-    for _ in range(160):
-        await api.publish()
-    for _ in range(40):
-        await api.publish("post.updated")
-    busy = 8
-    monkeypatch.setattr("hookd.delivery.worker._BATCH_WAIT_AFTER", busy)
     claim = api.store.claim
 
     async def slow_claim(request: ClaimRequest) -> Any:
@@ -442,25 +442,5 @@ async def test_a_busy_worker_whose_claims_are_slow_waits_longer_between_rounds(
         return await claim(request)
 
     monkeypatch.setattr(api.store, "claim", slow_claim)
-    rounds: list[tuple[float, float, int, int]] = []  # start, end, last batch, in flight
-    async with worker_for(api, batch_wait_ms=1, max_in_flight_per_webhook=40) as w:
-        loop = asyncio.get_running_loop()
-        turn = w._settle_and_claim
-
-        async def recorded(room: int) -> Any:
-            start, last, in_flight = loop.time(), w._steady_batch, len(w._in_flight)
-            try:
-                return await turn(room)
-            finally:
-                rounds.append((start, loop.time(), last, in_flight))
-
-        w._settle_and_claim = recorded  # type: ignore[method-assign]
-        for hook, count in ((quick, 160), (slow, 40)):
-            await eventually(lambda h=hook, n=count: _count_succeeded(api, h["id"], n), timeout=60)
-    gaps = [
-        start - previous_end
-        for (_s, previous_end, _l, _i), (start, _e, last, in_flight) in itertools.pairwise(rounds)
-        if last >= busy and in_flight > 0
-    ]
-    assert gaps, f"no round followed two that wrote {busy} outcomes each: {rounds}"
+    gaps = await _busy_rounds(api, receiver, monkeypatch, batch_wait_ms=1)
     assert all(gap >= 0.04 * 0.95 for gap in gaps), gaps
