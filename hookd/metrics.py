@@ -159,11 +159,13 @@ class TimedCounter(Collector):
         self._series: dict[tuple[str, ...], TimedSeries] = {}
 
     def series(self, labels: tuple[str, ...]) -> TimedSeries:
-        """The series of these label values (in ``labelnames``' order), made on first use."""
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.counter[0]}: labels {self.labelnames}, given {labels}")
+        """The series of these label values (in ``labelnames``' order), made on first use:
+        one dict look-up on the hot path, where prometheus_client's ``labels()`` cost more
+        than the count itself."""
         found = self._series.get(labels)
         if found is None:
+            if len(labels) != len(self.labelnames):
+                raise ValueError(f"{self.counter[0]}: labels {self.labelnames}, given {labels}")
             found = self._series[labels] = TimedSeries(self.bounds)
         return found
 
@@ -235,13 +237,10 @@ class Metrics:
             _HTTP_BUCKETS,
         )
         registry.register(self.http_requests)
-        # Label lookups cost more than the counts: each series is looked up once.
-        self._attempt_series: dict[tuple[str, ...], TimedSeries] = {}
-        self._http_series: dict[tuple[str, str, int], TimedSeries] = {}
         self._topics: dict[str, Any] = {}
         if not webhook_labels:
-            for outcome in ATTEMPT_OUTCOMES:
-                self._attempt_series[(outcome,)] = self.attempts.series((outcome,))
+            for outcome in ATTEMPT_OUTCOMES:  # every outcome is served, 0 until it happens
+                self.attempts.series((outcome,))
 
     def event_published(self, topic: str) -> None:
         if not self.enabled:
@@ -256,10 +255,7 @@ class Metrics:
         if not self.enabled:
             return
         key = (outcome, organization, webhook) if self.webhook_labels else (outcome,)
-        series = self._attempt_series.get(key)
-        if series is None:
-            series = self._attempt_series[key] = self.attempts.series(key)
-        series.observe(seconds)
+        self.attempts.series(key).observe(seconds)
 
     def settled(self, failed: int, suspended: int) -> None:
         """A batch of outcomes was written: ``failed`` deliveries ended failed and
@@ -272,13 +268,7 @@ class Metrics:
             self.suspensions.inc(suspended)
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, status)
-        series = self._http_series.get(key)
-        if series is None:
-            series = self._http_series[key] = self.http_requests.series(
-                (method, route, str(status))
-            )
-        series.observe(seconds)
+        self.http_requests.series((method, route, str(status))).observe(seconds)
 
     def render(self) -> bytes:
         """This process's metrics in Prometheus' text format."""
