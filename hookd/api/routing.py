@@ -7,6 +7,12 @@ costs more than the whole of a typical request: it authenticates first (SPEC §2
 key, rate limit, version), then reads the few kinds of parameters hookd uses — path strings,
 query integers with bounds, bounded strings, choices, and header strings — with the error
 codes of SPEC §2, and refuses query parameters the endpoint does not declare.
+
+It also answers without FastAPI's per-request wrapper (two ``AsyncExitStack`` objects for
+dependencies with ``yield``, which hookd has none of, and an exception handler of its own
+that does what the app's ``ExceptionMiddleware`` does one layer out): the handler's
+response is sent as is, and an exception goes on to that middleware, which answers it
+with the same handlers (an ``ApiError`` in SPEC §2's shape).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from fastapi.routing import APIRoute
 from pydantic_core import PydanticUndefined
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hookd.api.auth import authenticate, authenticate_in_write
 from hookd.errors import ApiError
@@ -118,8 +124,22 @@ def _query_param(field: Any) -> _QueryParam:
     )
 
 
+def _respond(handler: Callable[[Request], Coroutine[Any, Any, Response]]) -> ASGIApp:
+    """The route's ASGI app: the handler's response, sent (see the module docstring)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await handler(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    return app
+
+
 class HookdRoute(APIRoute):
     """An APIRoute whose endpoint hookd calls itself (see the module docstring)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.app = _respond(self.get_route_handler())
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         dependant = self.dependant
