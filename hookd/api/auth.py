@@ -79,11 +79,13 @@ class RateLimiter:
 
 
 class KnownKeys:
-    """The API keys this process has authenticated on PostgreSQL, by hash, with what their
-    look-up found. A publish by one of them skips the look-up: its one statement checks the
-    key, and counts the request, instead (:func:`authenticate_in_write`), so a publish is one
-    round trip, not two. Nothing is trusted that the statement does not check again: a key
-    revoked since, or an organization whose default version changed, is looked up afresh."""
+    """The API keys this process has authenticated, by hash, with what their look-up
+    found. A publish by one of them skips the look-up: its write checks the key instead
+    (:func:`authenticate_in_write`). On PostgreSQL the publish's one statement also counts
+    the request, so a publish is one round trip, not two; on SQLite the write checks the
+    key in its transaction, and the request is counted in this process as any other.
+    Nothing is trusted that the write does not check again: a key revoked since, or an
+    organization whose default version changed, is looked up afresh."""
 
     _MAX = 10_000
 
@@ -173,7 +175,15 @@ def count_request(request: Request, used: int, now: int) -> None:
 
 
 async def authenticate(request: Request) -> Principal:
-    """The dependency that guards every ``/v2`` route."""
+    """The dependency that guards every ``/v2`` route (its parameters are what
+    ``/openapi.json`` describes: the request only)."""
+    return await _look_up(request, None)
+
+
+async def _look_up(request: Request, counted: int | None) -> Principal:
+    """:func:`authenticate`. ``counted``: the request's number in its key's window on
+    SQLite, when :func:`authenticate_in_write` counted it already, so that it is not
+    counted twice."""
     state = request.app.state
     store: Store = state.store
     limiter: RateLimiter = state.limiter
@@ -194,14 +204,14 @@ async def authenticate(request: Request) -> Principal:
         raise ApiError(401, "api_key_revoked", "This API key has been revoked; use another key.")
     org = context.organization
     asked = _asked_version(request, org)
-    if store.dialect == "postgresql":
-        state.known_keys.remember(key_hash, context)
+    state.known_keys.remember(key_hash, context)
     if limiter.limit > 0:
-        used = (
-            context.request_count
-            if context.request_count is not None
-            else limiter.count(context.key_id, now)
-        )
+        if context.request_count is not None:
+            used = context.request_count
+        elif counted is not None:
+            used = counted
+        else:
+            used = limiter.count(context.key_id, now)
         count_request(request, used, now)
     version = _resolve_version(request, org.default_version or DEFAULT_API_VERSION, asked)
     request.state.version = version
@@ -210,15 +220,19 @@ async def authenticate(request: Request) -> Principal:
 
 async def authenticate_in_write(request: Request) -> Principal:
     """:func:`authenticate` for a route whose one write can check the key itself (a
-    publish, on PostgreSQL): a key this process knows (:class:`KnownKeys`) is taken on trust
-    here, and ``request.state.key_check`` holds what the route's write must check; the
-    route calls :func:`confirm_key` before answering anything else (SPEC §2's order: key,
-    rate limit, version, then the request). Any other key is looked up as usual."""
+    publish): a key this process knows (:class:`KnownKeys`) is taken on trust here, and
+    ``request.state.key_check`` holds what the route's write must check; the route calls
+    :func:`confirm_key` before answering anything else (SPEC §2's order: key, rate limit,
+    version, then the request). Any other key is looked up as usual.
+
+    On SQLite the request is counted here, in this process's windows, as :func:`authenticate`
+    would count it; over the limit, the key is looked up first (a revoked key's request
+    answers 401, not 429), without counting the request again."""
     state = request.app.state
     store: Store = state.store
     key = _credentials(request)
     key_hash = api_key_hash(key)
-    known = state.known_keys.get(key_hash) if store.dialect == "postgresql" else None
+    known = state.known_keys.get(key_hash)
     if known is None:
         return await authenticate(request)
     org = known.organization
@@ -231,10 +245,17 @@ async def authenticate_in_write(request: Request) -> Principal:
     request.state.version = version
     limiter: RateLimiter = state.limiter
     now = store.clock()
+    counted_in_write = limiter.limit > 0 and store.dialect == "postgresql"
+    if limiter.limit > 0 and not counted_in_write:
+        used = limiter.count(known.key_id, now)
+        if used > limiter.limit:
+            return await _look_up(request, used)  # the 401 due, else the 429
+        count_request(request, used, now)
+        request.state.key_counted = used
     request.state.key_check = KeyCheck(
         key_hash,
         org.default_version,
-        limiter.window_start(now) if limiter.limit > 0 else None,
+        limiter.window_start(now) if counted_in_write else None,
         limiter.limit,
         now,
     )
@@ -250,4 +271,4 @@ async def confirm_key(request: Request, *, stale: bool) -> Principal:
     request.state.key_check = None
     if stale:
         request.app.state.known_keys.forget(check.key_hash)
-    return await authenticate(request)
+    return await _look_up(request, getattr(request.state, "key_counted", None))

@@ -127,7 +127,7 @@ async def publish(
     principal: Annotated[Principal, Depends(authenticate_in_write)],
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    # A key taken on trust (authenticate_in_write) is checked by the publish statement; an
+    # A key taken on trust (authenticate_in_write) is checked by the publish's write; an
     # answer before it (an invalid request) confirms the key first, so that a 401 or 429
     # comes before a 400 as SPEC §2 orders them.
     check: KeyCheck | None = getattr(request.state, "key_check", None)

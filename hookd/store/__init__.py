@@ -230,17 +230,15 @@ class Store:
         check: KeyCheck | None = None,
     ) -> tuple[str, str, int, bool, int | None]:
         """Publish an event: its id, topic, creation time, whether it was created (not an
-        idempotent replay), and with ``check`` (PostgreSQL only: the statement authenticates
-        the request, see :class:`KeyCheck`) the request's count in its window."""
+        idempotent replay), and, with ``check`` on PostgreSQL (the write authenticates the
+        request, see :class:`KeyCheck`), the request's count in its window."""
         if self.dialect == "postgresql":
             op = events.publish_in_one_statement(
                 organization_id, draft, idempotency_key, self.clock(), check
             )
             return await self.driver.write(op, atomic_statements=True)
-        if check is not None:
-            raise ValueError("a publish checks its key in its statement only on PostgreSQL")
         event_id, topic, created_at, created = await self.driver.write(
-            events.publish(organization_id, draft, idempotency_key, self.clock())
+            events.publish(organization_id, draft, idempotency_key, self.clock(), check)
         )
         return event_id, topic, created_at, created, None
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hookd.ids import EVENT_ID_PREFIX, event_id_floor, new_event_id, new_object_id
-from hookd.store.queries import Op, announce, many, notify, one, rows, run
+from hookd.store.queries import Op, announce, many, notify, one, rows, run, value
 from hookd.store.records import Delivery, Event, EventDetail, EventSummary, _json_list, record
 
 __all__ = [
@@ -44,12 +44,13 @@ class EventDraft:
 
 @record
 class KeyCheck:
-    """The authentication that a PostgreSQL publish does in its own statement, for an API
-    key that this process authenticated before (hookd.api.auth.KnownKeys): the key
-    (``key_hash``) must still be live and of the organization, whose default version must
-    still be ``default_version``; with ``window_start``, the request is counted in the key's
-    window and must be within ``rate_limit``. ``checked_at``: the request's time, which
-    its rate-limit headers are computed from."""
+    """The authentication that a publish does in its own write, for an API key that this
+    process authenticated before (hookd.api.auth.KnownKeys): the key (``key_hash``) must
+    still be live and of the organization, whose default version must still be
+    ``default_version``. On PostgreSQL, with ``window_start``, the publish statement also
+    counts the request in the key's window, and it must be within ``rate_limit`` (SQLite
+    counts requests in the API process). ``checked_at``: the request's time, which its
+    rate-limit headers are computed from."""
 
     key_hash: str
     default_version: str | None
@@ -119,14 +120,29 @@ def _delivery_row(
 
 
 def publish(
-    organization_id: str, draft: EventDraft, idempotency_key: str | None, now: int
+    organization_id: str,
+    draft: EventDraft,
+    idempotency_key: str | None,
+    now: int,
+    check: KeyCheck | None = None,
 ) -> Op[tuple[str, str, int, bool]]:
     """Store an event and one delivery per subscribed active webhook, in one transaction.
 
     Returns the event's ``(id, topic, created_at, created)``: the new event's, or, when the
     idempotency key was used in the last 24 hours, the first event's with ``created`` false
-    (and nothing is written).
+    (and nothing is written). With ``check``, the key is checked first, in the same
+    transaction (:class:`KeyCheck`, its count aside; :class:`KeyCheckFailed` if it fails,
+    and nothing is written).
     """
+    if check is not None and not (
+        yield value(
+            "api_key_holds",
+            key_hash=check.key_hash,
+            organization_id=organization_id,
+            default_version=check.default_version,
+        )
+    ):
+        raise KeyCheckFailed(None)
     event_id = new_event_id(now)
     if idempotency_key is not None:
         taken = yield run(

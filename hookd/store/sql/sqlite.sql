@@ -2,6 +2,14 @@
 -- One writer thread runs every write, so no row locks are needed: writes are serial.
 -- Lists are passed as JSON text and read with json_each.
 
+-- name: api_key_holds
+-- A publish by a key that the API process authenticated before checks it in its own
+-- transaction (hookd.store.events.KeyCheck): still live, of the organization, whose default
+-- version is still the one the request was answered with.
+SELECT 1 FROM api_keys k JOIN organizations o ON o.id = k.organization_id
+WHERE k.key_hash = :key_hash AND k.revoked_at IS NULL
+  AND o.id = :organization_id AND o.default_version IS :default_version;
+
 -- name: queue_leased
 -- Attempts under way per webhook, with its organization: every worker's (the caps), and
 -- this worker's (its shares; its lease tokens begin with :mine).
