@@ -50,7 +50,7 @@ from bench.common import Result, add_run_arguments, append_jsonl, print_table
 from bench.harness import Deployment, finish, hookd_commit, measure_drain
 from bench.receiver import Receiver, receiver_kind
 
-RESULTS_NAME = "fanout.jsonl"
+RESULTS_NAME = "fanout"
 CREATE_WINDOW = 20
 PUBLISH_TARGET_MS = 25.0
 CREATE_TARGET = 1.1
