@@ -29,7 +29,7 @@ import httpx
 import jsonschema_rs
 import pytest
 from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Match, Mount
 
 from hookd.api import create_app
 from hookd.api.routing import V2Routes
@@ -101,6 +101,36 @@ def app_operations(tmp_path_factory: pytest.TempPathFactory) -> set[tuple[str, s
     url = f"sqlite:///{tmp_path_factory.mktemp('routes') / 'unused.db'}"
     app = create_app(make_settings(url), Store(open_driver(url)))
     return set(routed_operations(app.routes))
+
+
+def test_v2_routes_find_the_route_that_trying_each_in_turn_finds(tmp_path: Path) -> None:
+    """V2Routes looks routes without path parameters up by method and path: for every
+    route's path (its parameters filled in) and every method, it must find what trying the
+    routes in order finds, a 405's partial match included."""
+    url = f"sqlite:///{tmp_path / 'unused.db'}"
+    app = create_app(make_settings(url), Store(open_driver(url)))
+    (v2,) = [route for route in app.routes if isinstance(route, V2Routes)]
+
+    def in_turn(scope: dict[str, Any]) -> tuple[Match, BaseRoute | None]:
+        partial: tuple[Match, BaseRoute | None] | None = None
+        for route in v2.routes:
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                return match, child["route"]
+            if match == Match.PARTIAL and partial is None:
+                partial = (match, child["route"])
+        return partial or (Match.NONE, None)
+
+    paths = {re.sub(r"\{[^}]+\}", "x1", route.path) for route in v2.routes}
+    paths |= {route.path for route in v2.routes} | {"/v2/events/stream/x", "/v2/nothing"}
+    looked_up = 0
+    for path in sorted(paths):
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+            match, child = v2.matches(scope)
+            assert (match, child.get("route")) == in_turn(scope), (method, path)
+            looked_up += "{" not in path and match == Match.FULL
+    assert looked_up >= 6  # POST and GET /v2/events, /v2/webhooks, the stream, the portal
 
 
 def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -202,18 +202,40 @@ class HookdRoute(APIRoute):
 
 class V2Routes(BaseRoute):
     """Every ``/v2`` route behind one entry of the app's route list, found by the number of
-    path segments instead of trying each route's pattern in turn."""
+    path segments instead of trying each route's pattern in turn, and a route without path
+    parameters (``POST /v2/events``) by a look-up of its method and path, where no route
+    tried before it would match that method and path. A route found is run as its own ASGI app: the
+    method was checked in finding it (a method it does not take goes through the route's
+    ``handle``, which answers the ``405``)."""
 
     def __init__(self, routes: list[APIRoute]) -> None:
         self.routes = routes
         self._by_depth: dict[int, list[APIRoute]] = {}
+        self._static: dict[tuple[str, str], APIRoute] = {}
         for route in routes:
-            self._by_depth.setdefault(route.path.count("/"), []).append(route)
+            same_depth = self._by_depth.setdefault(route.path.count("/"), [])
+            static = "{" not in route.path
+            for method in route.methods or ():
+                # Only where the walk below would find this route first for the method.
+                if static and not any(
+                    method in (earlier.methods or ()) and earlier.path_regex.match(route.path)
+                    for earlier in same_depth
+                ):
+                    self._static[(method, route.path)] = route
+            same_depth.append(route)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         path: str = scope["path"]
         if not path.startswith("/v2/") or scope["type"] != "http":
             return Match.NONE, {}
+        found = self._static.get((scope["method"], path))
+        if found is not None:
+            path_params = dict(scope.get("path_params", {}))
+            return Match.FULL, {
+                "endpoint": found.endpoint,
+                "path_params": path_params,
+                "route": found,
+            }
         partial: tuple[Match, Scope] | None = None
         for route in self._by_depth.get(path.count("/"), ()):
             match, child = route.matches(scope)
@@ -225,4 +247,7 @@ class V2Routes(BaseRoute):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         route: APIRoute = scope["route"]
-        await route.handle(scope, receive, send)
+        if scope["method"] in (route.methods or ()):
+            await route.app(scope, receive, send)
+        else:
+            await route.handle(scope, receive, send)
