@@ -204,9 +204,9 @@ class V2Routes(BaseRoute):
     """Every ``/v2`` route behind one entry of the app's route list, found by the number of
     path segments instead of trying each route's pattern in turn, and a route without path
     parameters (``POST /v2/events``) by a look-up of its method and path, where no route
-    tried before it would match that method and path. A route found is run as its own ASGI app: the
-    method was checked in finding it (a method it does not take goes through the route's
-    ``handle``, which answers the ``405``)."""
+    tried before it would match that method and path. A route found is run as its own ASGI
+    app: the method was checked in finding it (a method it does not take goes through the
+    route's ``handle``, which answers the ``405``)."""
 
     def __init__(self, routes: list[APIRoute]) -> None:
         self.routes = routes
