@@ -174,6 +174,12 @@ def count_request(request: Request, used: int, now: int) -> None:
         )
 
 
+def _counted_by_store(store: Store, limiter: RateLimiter) -> bool:
+    """Whether the store counts requests (PostgreSQL, shared by every API process) rather
+    than this process's :class:`RateLimiter` (SQLite), with the limit on."""
+    return limiter.limit > 0 and store.dialect == "postgresql"
+
+
 async def authenticate(request: Request) -> Principal:
     """The dependency that guards every ``/v2`` route (its parameters are what
     ``/openapi.json`` describes: the request only)."""
@@ -190,7 +196,7 @@ async def _look_up(request: Request, counted: int | None) -> Principal:
     key = _credentials(request)
     key_hash = api_key_hash(key)
     now = store.clock()
-    shared_count = limiter.limit > 0 and store.dialect == "postgresql"
+    shared_count = _counted_by_store(store, limiter)
     context = await store.authenticate(
         key_hash, limiter.window_start(now) if shared_count else None
     )
@@ -245,19 +251,20 @@ async def authenticate_in_write(request: Request) -> Principal:
     request.state.version = version
     limiter: RateLimiter = state.limiter
     now = store.clock()
-    counted_in_write = limiter.limit > 0 and store.dialect == "postgresql"
+    counted_in_write = _counted_by_store(store, limiter)
+    used: int | None = None
     if limiter.limit > 0 and not counted_in_write:
         used = limiter.count(known.key_id, now)
         if used > limiter.limit:
             return await _look_up(request, used)  # the 401 due, else the 429
         count_request(request, used, now)
-        request.state.key_counted = used
     request.state.key_check = KeyCheck(
         key_hash,
         org.default_version,
         limiter.window_start(now) if counted_in_write else None,
         limiter.limit,
         now,
+        used,
     )
     return Principal(org, known.key_id, version)
 
@@ -271,4 +278,4 @@ async def confirm_key(request: Request, *, stale: bool) -> Principal:
     request.state.key_check = None
     if stale:
         request.app.state.known_keys.forget(check.key_hash)
-    return await _look_up(request, getattr(request.state, "key_counted", None))
+    return await _look_up(request, check.counted)

@@ -50,13 +50,16 @@ class KeyCheck:
     ``default_version``. On PostgreSQL, with ``window_start``, the publish statement also
     counts the request in the key's window, and it must be within ``rate_limit`` (SQLite
     counts requests in the API process). ``checked_at``: the request's time, which its
-    rate-limit headers are computed from."""
+    rate-limit headers are computed from. ``counted``: the request's number in its key's
+    window when the API process counted it already (SQLite), so that a look-up after a
+    failed check does not count it again."""
 
     key_hash: str
     default_version: str | None
     window_start: int | None
     rate_limit: int
     checked_at: int
+    counted: int | None = None
 
 
 class KeyCheckFailed(Exception):
